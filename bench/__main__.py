@@ -1,0 +1,179 @@
+"""Benchmark: tokenizer vs hl7apy vs parse+map+validate vs end-to-end MLLP → AA (embedded defaults).
+
+Every figure is measured in this run on this machine; the ratios between them are what to compare
+across machines. Run with ``make bench`` (``python -m bench [--messages N]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.hl7v2 import parse
+from gateway.samples import er_message
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = b"\x0b", b"\x1c\x0d"
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def bench_tokenizer(msgs: list[bytes]) -> float:
+    t = time.perf_counter()
+    for raw in msgs:
+        m = parse(raw)
+        for seg in m.segments:
+            for n in range(1, seg.size + 1):
+                seg.reps(n)
+    return rate(len(msgs), time.perf_counter() - t)
+
+
+def bench_hl7apy(msgs: list[bytes]) -> float:
+    from hl7apy.parser import parse_message
+
+    t = time.perf_counter()
+    for raw in msgs:
+        parse_message(raw.decode("utf-8"), find_groups=False)
+    return rate(len(msgs), time.perf_counter() - t)
+
+
+def bench_map(msgs: list[bytes]) -> float:
+    from mappings import IdentifierSystems, MapContext, Profiles, map_message
+
+    profiles = Profiles.load(None, "America/Montreal")
+    systems = IdentifierSystems.load(None)
+    now = datetime.now(UTC)
+    t = time.perf_counter()
+    for raw in msgs:
+        msg = parse(raw)
+        map_message(msg, MapContext(profile=profiles.for_message(msg), systems=systems, received_at=now))
+    return rate(len(msgs), time.perf_counter() - t)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_ack(sock: socket.socket, buf: bytearray) -> bytes:
+    while END not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf.extend(chunk)
+    end = buf.index(END)
+    frame = bytes(buf[1:end])
+    del buf[: end + 2]
+    return frame
+
+
+def _client(port: int, msgs: list[bytes], latencies: list[float], codes: list[str], pace_s: float) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray()
+    next_at = time.perf_counter()
+    for raw in msgs:
+        if pace_s:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            next_at += pace_s
+        t = time.perf_counter()
+        sock.sendall(START + raw + END)
+        ack = _read_ack(sock, buf)
+        latencies.append(time.perf_counter() - t)
+        codes.append(ack.split(b"MSA|", 1)[1][:2].decode() if b"MSA|" in ack else "??")
+    sock.close()
+
+
+def run_clients(
+    port: int, msgs: list[bytes], connections: int, rate_per_s: float = 0
+) -> tuple[float, list[float], list[str]]:
+    latencies: list[float] = []
+    codes: list[str] = []
+    pace = connections / rate_per_s if rate_per_s else 0.0
+    chunks = [msgs[i::connections] for i in range(connections)]
+    threads = [threading.Thread(target=_client, args=(port, c, latencies, codes, pace)) for c in chunks]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t, latencies, codes
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * p))] * 1000
+
+
+def bench_e2e(n: int, paced_n: int) -> dict[str, float]:
+    data = Path(tempfile.mkdtemp(prefix="pivot-bench-"))
+    http, mllp = _free_port(), _free_port()
+    env = {**os.environ, "PIVOT_DATA_DIR": str(data), "PIVOT_HTTP_PORT": str(http),
+           "PIVOT_MLLP_PORT": str(mllp), "PIVOT_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", mllp), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        msgs = [er_message(i) for i in range(n)]
+        seconds, lat, codes = run_clients(mllp, msgs, connections=10)
+        paced = [er_message(n + i) for i in range(paced_n)]
+        _s, plat, pcodes = run_clients(mllp, paced, connections=4, rate_per_s=200)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"e2e_rate": rate(n, seconds), "e2e_p50": pct(lat, 0.5), "e2e_p99": pct(lat, 0.99),
+            "paced_p50": pct(plat, 0.5), "paced_p99": pct(plat, 0.99),
+            "aa": float(codes.count("AA") + pcodes.count("AA")), "total": float(n + paced_n)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench")
+    ap.add_argument("--messages", type=int, default=10_000, help="messages for the end-to-end run")
+    ap.add_argument("--paced", type=int, default=2_000, help="messages for the 200 msg/s latency run")
+    args = ap.parse_args()
+    msgs = [er_message(i) for i in range(2_000)]
+    tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
+    apy = bench_hl7apy(msgs[:100])
+    full = statistics.median(bench_map(msgs) for _ in range(3))
+    e2e = bench_e2e(args.messages, args.paced)
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
+    print(f"\nPivot benchmark — {stamp}")
+    print(f"{'measure':<52}{'value':>14}")
+    print(f"{'tokenizer (ours), msg/s':<52}{tok:>14,.0f}")
+    print(f"{'hl7apy parse_message, msg/s':<52}{apy:>14,.0f}")
+    print(f"{'parse + map + validate (ours, one core), msg/s':<52}{full:>14,.0f}")
+    print(f"{'end to end MLLP -> AA, 10 connections, msg/s':<52}{e2e['e2e_rate']:>14,.0f}")
+    print(f"{'  AA latency p50 / p99 (ms)':<52}{e2e['e2e_p50']:>7.1f} / {e2e['e2e_p99']:.1f}")
+    print(f"{'paced 200 msg/s: AA latency p50 / p99 (ms)':<52}{e2e['paced_p50']:>7.1f} / {e2e['paced_p99']:.1f}")
+    print(f"{'AA received / sent':<52}{e2e['aa']:>9,.0f} / {e2e['total']:,.0f}")
+    print("ratios")
+    print(f"{'  tokenizer / hl7apy':<52}{tok / apy:>13.0f}x")
+    print(f"{'  parse+map+validate / hl7apy':<52}{full / apy:>13.1f}x")
+    print(f"{'  tokenizer / parse+map+validate':<52}{tok / full:>13.1f}x")
+    print(f"{'  end to end / parse+map+validate':<52}{e2e['e2e_rate'] / full:>13.2f}x")
+    print("goals (issue #2): parse+map+validate >= 1,500 msg/s; AA p99 < 20 ms at 200 msg/s")
+    print(f"  parse+map+validate: {'met' if full >= 1500 else 'NOT met'}; "
+          f"paced AA p99: {'met' if e2e['paced_p99'] < 20 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

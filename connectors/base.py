@@ -1,0 +1,52 @@
+"""The one connector interface.
+
+A connector takes raw HL7v2 bytes from its transport, hands each message to a :class:`Receiver`
+(the gateway's intake) and returns the ACK(s) over its transport when it has a way back.
+Connectors never parse, map or store anything themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message came from: transport name and peer (address, file name, topic)."""
+
+    transport: str
+    peer: str = ""
+
+
+@dataclass(slots=True)
+class Reply:
+    """The intake's answer to one message.
+
+    ``acks`` are ER7 ACK messages to send back in order: one in original mode (AA/AE/AR); in
+    enhanced mode the commit ACK (CA/CE/CR, if MSH-15 asks for it) then the application ACK
+    (AA/AE/AR, if MSH-16 asks for it). ``code`` is the outcome: AA, AE or AR; ``duplicate`` is
+    true for a resend of an already accepted message.
+    """
+
+    code: str
+    acks: list[bytes] = field(default_factory=list)
+    control_id: str = ""
+    duplicate: bool = False
+    error: str = ""
+
+
+class Receiver(Protocol):
+    """What a connector calls for every message (thread-safe, blocking until durable)."""
+
+    def receive(self, raw: bytes, origin: Origin) -> Reply: ...
+
+
+class Connector(Protocol):
+    """One transport. ``start`` begins serving (returns when listening); ``stop`` drains and closes."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -1,0 +1,144 @@
+"""Composition root: builds the gateway from Settings and serves HTTP + MLLP (+ Kafka raw input).
+
+``Gateway`` owns the event log, the embedded FHIR store, the intake and the workers;
+``create_app`` builds the FastAPI application; ``serve`` runs everything until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from gateway.fhirstore import FhirStore
+
+from gateway.dedupe import DedupeIndex
+from gateway.errors import ConfigError
+from gateway.eventlog.base import EventLog
+from gateway.intake import Intake, MapCache
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.workers import MappingWorker, StoreSink, Worker
+from mappings import IdentifierSystems, Profiles
+
+log = logging.getLogger("pivot")
+
+
+def open_log(settings: Settings) -> EventLog:
+    """The embedded log, or Kafka when PIVOT_KAFKA_BOOTSTRAP is set."""
+    if settings.embedded:
+        from gateway.eventlog.embedded import EmbeddedLog
+
+        return EmbeddedLog(settings.data_dir / "log.sqlite")
+    from gateway.eventlog.kafka import KafkaLog
+
+    return KafkaLog(settings.kafka_bootstrap, client_id="pivot",
+                    session_timeout_ms=settings.kafka_session_timeout_ms)
+
+
+class Gateway:
+    """Everything one gateway process runs, wired from Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.fhir_base_url:
+            raise ConfigError("PIVOT_FHIR_BASE_URL: pushing to an external FHIR server is not available "
+                              "in this version yet; leave it empty to use the embedded store")
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = Metrics()
+        self.profiles = Profiles.load(settings.sender_profiles, settings.default_timezone)
+        self.systems = IdentifierSystems.load(settings.identifier_systems)
+        self.log = open_log(settings)
+        self.store = FhirStore(settings.data_dir / "fhir.sqlite")
+        self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
+        self.cache = MapCache()
+        self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
+                             self.cache)
+        self.workers: list[Worker] = []
+
+    def start_workers(self) -> None:
+        if self.workers or not self.settings.workers:
+            return
+        self.workers = [
+            MappingWorker(self.settings, self.log, self.metrics, self.profiles, self.systems, self.cache),
+            StoreSink(self.settings, self.log, self.metrics, self.store),
+        ]
+        for worker in self.workers:
+            worker.start()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        for worker in self.workers:
+            worker.join(timeout=10)
+        self.workers = []
+        self.log.close()
+        self.store.close()
+        self.dedupe.close()
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    from connectors.http import make_hl7v2_router
+    from gateway.http.fhir_routes import make_fhir_router
+
+    app = FastAPI(title="Pivot gateway", version="0.1.0")
+    app.include_router(make_hl7v2_router(lambda: gateway.intake))
+    app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "mode": "embedded" if gateway.settings.embedded else "kafka"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    def metrics() -> str:
+        return gateway.metrics.render()
+
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    """Run the gateway in the foreground until SIGINT/SIGTERM."""
+    import uvicorn
+    from connectors.mllp import MllpServer
+
+    gateway = Gateway(settings)
+    gateway.start_workers()
+    app = create_app(gateway)
+    mllp = MllpServer(gateway.intake, host=settings.host, port=settings.mllp_port,
+                      max_message_bytes=settings.mllp_max_message_bytes,
+                      idle_timeout_s=settings.mllp_idle_timeout_s,
+                      max_connections=settings.mllp_max_connections, metrics=gateway.metrics)
+    connectors: list[Any] = [mllp]
+    if settings.kafka_raw_in_topic:
+        if settings.embedded:
+            raise ConfigError("PIVOT_KAFKA_RAW_IN_TOPIC needs PIVOT_KAFKA_BOOTSTRAP")
+        from connectors.kafka_raw import KafkaRawConnector
+
+        connectors.append(KafkaRawConnector(bootstrap=settings.kafka_bootstrap,
+                                            topic=settings.kafka_raw_in_topic,
+                                            group=f"{settings.kafka_group_id}-raw-in",
+                                            receiver=gateway.intake))
+    config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
+                            access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    for connector in connectors:
+        await connector.start()
+    mode = "embedded log + embedded FHIR store" if settings.embedded else f"Kafka {settings.kafka_bootstrap}"
+    log.info("Pivot listening: MLLP %s:%d, HTTP http://%s:%d (FHIR at /fhir), %s, data in %s",
+             settings.host, mllp.port, settings.host, settings.http_port, mode, settings.data_dir)
+    http_task = asyncio.create_task(server.serve())
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    for connector in connectors:
+        await connector.stop()
+    await http_task
+    gateway.close()
+    log.info("Pivot stopped")

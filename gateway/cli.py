@@ -1,0 +1,116 @@
+"""``pivot`` command line: serve, ingest files, dead letters.
+
+    pivot serve                       run the gateway (embedded defaults, or Kafka per PIVOT_*)
+    pivot ingest FILE…                feed files of messages / FHS-BHS batches through the intake
+    pivot deadletter list             list dead letters (id, stage, codes, sender, MSH-10, reason)
+    pivot deadletter replay ID…       send dead letters through the intake again
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from gateway.errors import ConfigError, GatewayError
+from gateway.settings import Settings, load_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pivot", description="Pivot: HL7v2 → FHIR R4 gateway (Défi Santé). "
+                                "Settings come from PIVOT_* environment variables (see .env.example).")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway in the foreground (HTTP, MLLP, workers)")
+    ing = sub.add_parser("ingest", help="ingest files of HL7v2 messages or FHS/BHS batches")
+    ing.add_argument("files", nargs="+", type=Path, help="files to read")
+    ing.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ing.add_argument("--wait", action="store_true",
+                     help="also run the mapping and store workers until everything ingested is stored")
+    dl = sub.add_parser("deadletter", help="dead letters: list or replay")
+    dls = dl.add_subparsers(dest="action", required=True)
+    dls.add_parser("list", help="list dead letters")
+    rp = dls.add_parser("replay", help="send dead letters through the intake again")
+    rp.add_argument("ids", nargs="+", help="ids shown by 'pivot deadletter list'")
+    sub.add_parser("config", help="print the effective settings (no secrets)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"pivot: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:
+        print(f"pivot: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"pivot: {exc.describe()}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        from gateway.app import serve
+
+        asyncio.run(serve(settings))
+        return 0
+    if args.command == "config":
+        for name, value in settings.model_dump().items():
+            print(f"PIVOT_{name.upper()}={value if value is not None else ''}")
+        return 0
+    from gateway.app import Gateway
+
+    gateway = Gateway(settings.model_copy(update={"workers": bool(getattr(args, "wait", False))}))
+    try:
+        if args.command == "ingest":
+            return _ingest(gateway, args)
+        return _deadletter(gateway, args)
+    finally:
+        gateway.close()
+
+
+def _ingest(gateway: object, args: argparse.Namespace) -> int:
+    from connectors.files import ingest_files
+
+    from gateway.app import Gateway
+
+    assert isinstance(gateway, Gateway)
+    summary = ingest_files(list(args.files), gateway.intake, progress=not args.no_progress)
+    if args.wait:
+        gateway.start_workers()
+        from gateway.drain import wait_drained
+
+        wait_drained(gateway)
+    return 0 if summary.refused == 0 else 1
+
+
+def _deadletter(gateway: object, args: argparse.Namespace) -> int:
+    from gateway.app import Gateway
+    from gateway.deadletters import list_deadletters, print_deadletters, replay
+
+    assert isinstance(gateway, Gateway)
+    if args.action == "list":
+        print_deadletters(list_deadletters(gateway))
+        return 0
+    failures = 0
+    for ref in args.ids:
+        reply = replay(gateway, ref)
+        print(f"{ref}: {reply.code}{' ' + reply.error if reply.error else ''}")
+        failures += reply.code != "AA"
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

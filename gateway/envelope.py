@@ -1,0 +1,49 @@
+"""Envelopes of the Kafka/event-log topics (JSON Schemas in schemas/, checked in tests).
+
+``fhir.<ResourceType>``: key = the resource's logical id; value = :func:`fhir_envelope`.
+``deadletter``: value = the raw bytes; headers = :func:`deadletter_headers` (reason, stage…).
+``hl7v2.in``: value = the raw bytes as received; headers = :func:`inbound_headers`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def fhir_envelope(resource: dict[str, Any], *, site: str, control_id: str, sender: str,
+                  received_at: str) -> bytes:
+    """The value of a ``fhir.<Type>`` record."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "source_site": site,
+        "sender": sender,
+        "msh10": control_id,
+        "received_at": received_at,
+        "produced_at": now_iso(),
+        "resource": resource,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def inbound_headers(*, sender: str, control_id: str, message_type: str, transport: str,
+                    received_at: str, size: int) -> dict[str, str]:
+    """Headers of an ``hl7v2.in`` record (ids and sizes only)."""
+    return {"schema_version": str(SCHEMA_VERSION), "sender": sender, "msh10": control_id,
+            "message_type": message_type, "transport": transport, "received_at": received_at,
+            "size": str(size)}
+
+
+def deadletter_headers(*, stage: str, code: int, hl7_code: str, reason: str, sender: str,
+                       control_id: str, transport: str, source_ref: str = "") -> dict[str, str]:
+    """Headers of a ``deadletter`` record; ``reason`` never contains field values."""
+    return {"schema_version": str(SCHEMA_VERSION), "stage": stage, "code": str(code),
+            "hl7_code": hl7_code, "reason": reason, "sender": sender, "msh10": control_id,
+            "transport": transport, "source_ref": source_ref, "at": now_iso()}

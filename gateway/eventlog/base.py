@@ -1,0 +1,60 @@
+"""Interface of the event log (embedded or Kafka)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to append. ``key`` decides the partition (patient id for fhir.* topics)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored record as read by a consumer."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+    timestamp_ms: int
+
+    @property
+    def ref(self) -> str:
+        """Stable reference of this record: ``topic:partition:offset``."""
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+class Consumer(Protocol):
+    def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]: ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventLog(Protocol):
+    def append(self, record: OutRecord) -> None:
+        """Store one record durably; raise PublishError when that is impossible."""
+        ...
+
+    def append_many(self, records: list[OutRecord]) -> None:
+        """Store several records durably (one fsync / one flush)."""
+        ...
+
+    def consumer(self, group: str, topics: list[str], *, from_beginning: bool = True) -> Consumer: ...
+
+    def read_all(self, topic: str) -> list[Record]:
+        """Every record of a topic from the beginning (dead-letter listing, rebuilds)."""
+        ...
+
+    def close(self) -> None: ...

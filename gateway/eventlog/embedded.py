@@ -1,0 +1,233 @@
+"""The embedded event log: one SQLite file (WAL, synchronous=FULL) under PIVOT_DATA_DIR.
+
+Appends go through one writer thread that commits whatever is queued in one transaction (group
+commit): a caller returns only after the commit, i.e. after the fsync. Every topic has a single
+partition (0); the offset is a global sequence number. Consumer groups keep their committed
+offsets in the same file. Semantics are those of one gateway process (plus CLI commands such as
+``pivot ingest`` appending from another process: consumers re-query at least every 200 ms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from gateway.errors import PublishError
+from gateway.eventlog.base import OutRecord, Record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  topic TEXT NOT NULL, key BLOB, value BLOB NOT NULL, headers TEXT NOT NULL, ts INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS records_topic ON records(topic, seq);
+CREATE TABLE IF NOT EXISTS offsets (
+  grp TEXT NOT NULL, topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, topic));
+"""
+_RECHECK_S = 0.2
+_STOP = object()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def secure_file(path: Path) -> None:
+    """Create ``path`` (and its SQLite side files later inherit the umask) readable by us only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.close(fd)
+    os.chmod(path, 0o600)
+
+
+class EmbeddedLog:
+    """EventLog on SQLite. Thread-safe; durable on return from ``append``/``append_many``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        secure_file(path)
+        old = os.umask(0o077)
+        try:
+            self._conn = _connect(path)
+            self._conn.executescript(_SCHEMA)
+        finally:
+            os.umask(old)
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_loop, name="eventlog-writer", daemon=True)
+        self._writer.start()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def append(self, record: OutRecord) -> None:
+        self.append_many([record])
+
+    def append_many(self, records: list[OutRecord]) -> None:
+        if not records:
+            return
+        if self._closed:
+            raise PublishError("event log is closed")
+        done = threading.Event()
+        slot: list[BaseException] = []
+        self._queue.put((records, done, slot))
+        done.wait()
+        if slot:
+            raise PublishError("event log write failed") from slot[0]
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while True:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[object]) -> None:
+        now = int(time.time() * 1000)
+        rows = []
+        for item in batch:
+            records, _done, _slot = item  # type: ignore[misc]
+            for r in records:
+                rows.append((r.topic, r.key, r.value, json.dumps(r.headers), now))
+        error: BaseException | None = None
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany(
+                "INSERT INTO records(topic, key, value, headers, ts) VALUES (?,?,?,?,?)", rows)
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error = exc
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+        for item in batch:
+            _records, done, slot = item  # type: ignore[misc]
+            if error is not None:
+                slot.append(error)
+            done.set()
+        with self._changed:
+            self._changed.notify_all()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def consumer(self, group: str, topics: list[str], *, from_beginning: bool = True) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group, topics, from_beginning)
+
+    def read_all(self, topic: str) -> list[Record]:
+        conn = _connect(self.path)
+        try:
+            rows = conn.execute(
+                "SELECT seq, topic, key, value, headers, ts FROM records WHERE topic=? ORDER BY seq",
+                (topic,)).fetchall()
+        finally:
+            conn.close()
+        return [_record(row) for row in rows]
+
+    def end_offset(self, topic: str) -> int:
+        """Offset of the last record of ``topic`` (0 when empty)."""
+        conn = _connect(self.path)
+        try:
+            row = conn.execute("SELECT MAX(seq) FROM records WHERE topic=?", (topic,)).fetchone()
+        finally:
+            conn.close()
+        return int(row[0] or 0)
+
+    def wait_for_change(self, timeout_s: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout_s)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._writer.join(timeout=10)
+        with self._changed:
+            self._changed.notify_all()
+        self._conn.close()
+
+
+def _record(row: tuple[int, str, bytes | None, bytes, str, int]) -> Record:
+    seq, topic, key, value, headers, ts = row
+    return Record(topic=topic, partition=0, offset=seq, key=key, value=bytes(value),
+                  headers=json.loads(headers), timestamp_ms=ts)
+
+
+class EmbeddedConsumer:
+    """A consumer of the embedded log; committed offsets are kept per (group, topic)."""
+
+    def __init__(self, log: EmbeddedLog, group: str, topics: list[str], from_beginning: bool) -> None:
+        self._log = log
+        self._group = group
+        self._topics = list(topics)
+        self._conn = _connect(log.path)
+        self._positions: dict[str, int] = {}
+        for topic in self._topics:
+            row = self._conn.execute("SELECT seq FROM offsets WHERE grp=? AND topic=?",
+                                     (group, topic)).fetchone()
+            if row is not None:
+                self._positions[topic] = int(row[0])
+            elif from_beginning:
+                self._positions[topic] = 0
+            else:
+                self._positions[topic] = log.end_offset(topic)
+        self._committed = dict(self._positions)
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = self._fetch(max_records)
+            if records:
+                return records
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._log._closed:
+                return []
+            self._log.wait_for_change(min(remaining, _RECHECK_S))
+
+    def _fetch(self, max_records: int) -> list[Record]:
+        low = min(self._positions.values()) if self._positions else 0
+        marks = ",".join("?" for _ in self._topics)
+        rows = self._conn.execute(
+            f"SELECT seq, topic, key, value, headers, ts FROM records WHERE seq > ? AND topic IN ({marks}) "  # noqa: S608
+            "ORDER BY seq LIMIT ?", (low, *self._topics, max_records * 2)).fetchall()
+        out: list[Record] = []
+        for row in rows:
+            if row[0] > self._positions[row[1]]:
+                out.append(_record(row))
+                if len(out) >= max_records:
+                    break
+        for rec in out:
+            self._positions[rec.topic] = rec.offset
+        return out
+
+    def commit(self) -> None:
+        changed = [(t, s) for t, s in self._positions.items() if self._committed.get(t) != s]
+        if not changed:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.executemany(
+            "INSERT INTO offsets(grp, topic, seq) VALUES (?,?,?) "
+            "ON CONFLICT(grp, topic) DO UPDATE SET seq=excluded.seq",
+            [(self._group, t, s) for t, s in changed])
+        self._conn.execute("COMMIT")
+        self._committed.update(changed)
+
+    def close(self) -> None:
+        self._conn.close()

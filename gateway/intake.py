@@ -1,0 +1,235 @@
+"""The intake: what every connector calls for every message (the Receiver of connectors/base.py).
+
+    raw bytes ─ parse (our tokenizer; charset per MSH-18 or sender profile) ──✗── AR/AE + dead letter
+              ─ supported type/trigger? ─────────────────────────────────────✗── AR + dead letter
+              ─ duplicate (sender + MSH-10 already accepted)? ──────────────✓── ACK again, nothing changes
+              ─ original mode:  map + validate ──✗── AE + dead letter
+                                append raw to hl7v2.in (durable) ── AA
+              ─ enhanced mode:  append raw to hl7v2.in (durable) ── commit ACK CA (per MSH-15)
+                                map + validate ── application ACK AA/AE (per MSH-16)
+
+The mapping done here decides the ACK; the mapping worker consuming ``hl7v2.in`` produces what is
+published (it reuses this result through a small cache when both run in one process). A failure
+to store gives AR "system down" and nothing is acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
+
+from connectors.base import Origin, Reply
+from gateway.dedupe import DedupeIndex
+from gateway.envelope import deadletter_headers, inbound_headers, now_iso
+from gateway.errors import GatewayError, MapError, ParseError, PublishError
+from gateway.eventlog.base import EventLog, OutRecord
+from gateway.hl7v2.tokenizer import Message, parse, parse_text, split_segments
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from mappings import IdentifierSystems, MapContext, MapResult, Profiles, check_supported, map_message
+
+log = logging.getLogger("pivot.intake")
+_CACHE_SIZE = 2048
+
+
+class MapCache:
+    """Mapping results of recently accepted messages, keyed by sender + MSH-10 (one process)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, MapResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, key: str, result: MapResult) -> None:
+        with self._lock:
+            self._items[key] = result
+            if len(self._items) > _CACHE_SIZE:
+                self._items.popitem(last=False)
+
+    def pop(self, key: str) -> MapResult | None:
+        with self._lock:
+            return self._items.pop(key, None)
+
+
+class Intake:
+    """Receiver for every connector: parse, check, dedupe, map, store durably, acknowledge."""
+
+    def __init__(self, settings: Settings, log_: EventLog, dedupe: DedupeIndex, profiles: Profiles,
+                 systems: IdentifierSystems, metrics: Metrics, cache: MapCache) -> None:
+        self.settings = settings
+        self.log = log_
+        self.dedupe = dedupe
+        self.profiles = profiles
+        self.systems = systems
+        self.metrics = metrics
+        self.cache = cache
+        self.topic_in = settings.topic("hl7v2.in")
+        self.topic_dead = settings.topic("deadletter")
+
+    # -- Receiver ----------------------------------------------------------------------------------
+    def receive(self, raw: bytes, origin: Origin) -> Reply:
+        started = time.perf_counter()
+        reply = self._receive(raw, origin)
+        self.metrics.observe("pivot_ack_seconds", time.perf_counter() - started,
+                             "time from message received to ACK", transport=origin.transport)
+        return reply
+
+    def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
+        """A frame the connector could not pass on (e.g. oversize): AR, head kept as a dead letter."""
+        control_id = recover_control_id(head)
+        self._dead(head, error, stage="receive", sender=_peek_sender(head), control_id=control_id,
+                   origin=origin)
+        self._count(origin, "AR", _peek_sender(head), "")
+        return Reply(code="AR", acks=[build_ack("AR", msg=None, raw=head, error=error)],
+                     control_id=control_id, error=error.describe())
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _receive(self, raw: bytes, origin: Origin) -> Reply:
+        received_at = now_iso()
+        sender = _peek_sender(raw)
+        try:
+            msg = self._parse(raw)
+            check_supported(msg)
+        except GatewayError as exc:
+            return self._reject(raw, None, exc, origin, sender)
+        sender = msg.sender
+        control_id = msg.control_id
+        if not control_id:
+            return self._reject(raw, msg, MapError("MSH-10 message control id is empty",
+                                                   hl7_code="101"), origin, sender)
+        accept_mode, app_mode = ack_modes(msg)
+        enhanced = bool(accept_mode or app_mode)
+        if self.dedupe.seen(sender, control_id):
+            self._count(origin, "AA", sender, msg.trigger, duplicate=True)
+            acks = self._acks(msg, "AA", None, enhanced, accept_mode, app_mode)
+            return Reply(code="AA", acks=acks, control_id=control_id, duplicate=True)
+        key = f"{sender}|{control_id}"
+        ctx = MapContext(profile=self.profiles.for_message(msg), systems=self.systems,
+                         received_at=datetime.fromisoformat(received_at.replace("Z", "+00:00")))
+        if enhanced:
+            try:
+                self._store(raw, msg, None, origin, received_at)
+            except PublishError as exc:
+                return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
+            commit = [build_ack("CA", msg=msg)] if wants_ack(accept_mode, "CA") else []
+            try:
+                result = map_message(msg, ctx)
+            except GatewayError as exc:  # the mapping worker dead-letters it from hl7v2.in
+                self._count(origin, "AE", sender, msg.trigger)
+                app = [build_ack(exc.ack_code, msg=msg, error=exc)] if wants_ack(app_mode, "AE") else []
+                return Reply(code=exc.ack_code, acks=commit + app, control_id=control_id,
+                             error=exc.describe())
+            self.cache.put(key, result)
+            self._count(origin, "AA", sender, msg.trigger)
+            app = [build_ack("AA", msg=msg)] if wants_ack(app_mode, "AA") else []
+            return Reply(code="AA", acks=commit + app, control_id=control_id)
+        try:
+            result = map_message(msg, ctx)
+        except GatewayError as exc:
+            return self._reject(raw, msg, exc, origin, sender)
+        try:
+            self._store(raw, msg, result, origin, received_at)
+        except PublishError as exc:
+            return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
+        self.cache.put(key, result)
+        self._count(origin, "AA", sender, msg.trigger)
+        return Reply(code="AA", acks=[build_ack("AA", msg=msg)], control_id=control_id)
+
+    def _parse(self, raw: bytes) -> Message:
+        head = _msh_only(raw)
+        assumed = self.profiles.for_message(head).charset if head is not None else None
+        msg = parse(raw, assumed)
+        if msg.warnings:
+            self.metrics.inc("pivot_charset_fallback_total", help_text="messages decoded as cp1252",
+                             sender=msg.sender)
+            log.warning("charset fallback sender=%s control_id=%s", msg.sender, msg.control_id)
+        return msg
+
+    def _store(self, raw: bytes, msg: Message, result: MapResult | None, origin: Origin,
+               received_at: str) -> None:
+        patient = result.patient_id if result is not None else None
+        headers = inbound_headers(sender=msg.sender, control_id=msg.control_id,
+                                  message_type=f"{msg.message_code}^{msg.trigger}",
+                                  transport=origin.transport, received_at=received_at, size=len(raw))
+        key = (patient or msg.sender).encode("utf-8")
+        self.log.append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
+        self.dedupe.add(msg.sender, msg.control_id)
+
+    def _acks(self, msg: Message, code: str, error: GatewayError | None, enhanced: bool,
+              accept_mode: str, app_mode: str) -> list[bytes]:
+        if not enhanced:
+            return [build_ack(code, msg=msg, error=error)]
+        out = []
+        commit = {"AA": "CA", "AE": "CE", "AR": "CR"}[code]
+        if wants_ack(accept_mode, commit):
+            out.append(build_ack(commit, msg=msg, error=error))
+        if wants_ack(app_mode, code):
+            out.append(build_ack(code, msg=msg, error=error))
+        return out
+
+    def _reject(self, raw: bytes, msg: Message | None, exc: GatewayError, origin: Origin,
+                sender: str) -> Reply:
+        control_id = msg.control_id if msg is not None else recover_control_id(raw)
+        code = exc.ack_code
+        try:
+            self._dead(raw, exc, stage=_stage(exc), sender=sender, control_id=control_id, origin=origin)
+        except PublishError as down:
+            exc, code = down, "AR"
+        self._count(origin, code, sender, msg.trigger if msg is not None else "")
+        log.info("refused code=%s error=%s hl7=%s sender=%s control_id=%s size=%d transport=%s",
+                 code, exc.code, exc.hl7_code, sender, control_id, len(raw), origin.transport)
+        if msg is not None:
+            accept_mode, app_mode = ack_modes(msg)
+            acks = self._acks(msg, code, exc, bool(accept_mode or app_mode), accept_mode, app_mode)
+        else:
+            acks = [build_ack(code, msg=None, raw=raw, error=exc)]
+        return Reply(code=code, acks=acks, control_id=control_id, error=exc.describe())
+
+    def _down(self, msg: Message, exc: PublishError, origin: Origin, enhanced: bool,
+              accept_mode: str, app_mode: str) -> Reply:
+        log.error("log unavailable sender=%s control_id=%s", msg.sender, msg.control_id)
+        self._count(origin, "AR", msg.sender, msg.trigger)
+        return Reply(code="AR", acks=self._acks(msg, "AR", exc, enhanced, accept_mode, app_mode),
+                     control_id=msg.control_id, error=exc.describe())
+
+    def _dead(self, raw: bytes, exc: GatewayError, *, stage: str, sender: str, control_id: str,
+              origin: Origin) -> None:
+        headers = deadletter_headers(stage=stage, code=exc.code, hl7_code=exc.hl7_code,
+                                     reason=exc.describe(), sender=sender, control_id=control_id,
+                                     transport=origin.transport, source_ref=origin.peer)
+        self.log.append(OutRecord(topic=self.topic_dead, value=raw, key=sender.encode(), headers=headers))
+        self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
+                         stage=stage, sender=sender)
+
+    def _count(self, origin: Origin, code: str, sender: str, trigger: str, duplicate: bool = False) -> None:
+        self.metrics.inc("pivot_messages_total", help_text="HL7v2 messages by outcome",
+                         transport=origin.transport, code=code, sender=sender, trigger=trigger,
+                         duplicate="true" if duplicate else "false")
+        self.metrics.gauge_now("pivot_last_message_timestamp_seconds", sender=sender)
+
+
+def _stage(exc: GatewayError) -> str:
+    return type(exc).__name__.removesuffix("Error").lower() or "gateway"
+
+
+def _msh_only(raw: bytes) -> Message | None:
+    """The MSH segment alone, decoded as latin-1: enough to find the sender profile."""
+    try:
+        text = raw.lstrip(b"\xef\xbb\xbf\r\n\t ").decode("latin-1")
+        lines = split_segments(text)
+        return parse_text(lines[0]) if lines else None
+    except ParseError:
+        return None
+
+
+def _peek_sender(raw: bytes) -> str:
+    msg = _msh_only(raw[:4096])
+    return msg.sender if msg is not None else "unknown"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,92 @@
+"""In-process metrics rendered in the Prometheus text format at /metrics.
+
+Labels carry only sender ids, message types, codes and stages (no health data).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections import defaultdict
+
+Labels = tuple[tuple[str, str], ...]
+_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def _fmt(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{v.replace(chr(92), "").replace(chr(34), "")}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+class Metrics:
+    """Counters and histograms; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self._hist: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+        self._help: dict[str, str] = {}
+        self._gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
+
+    def inc(self, name: str, amount: float = 1.0, help_text: str = "", **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._counters[name]
+            series[key] = series.get(key, 0.0) + amount
+            if help_text:
+                self._help.setdefault(name, help_text)
+
+    def observe(self, name: str, seconds: float, help_text: str = "", **labels: str) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            series = self._hist[name]
+            row = series.get(key)
+            if row is None:
+                row = [0.0] * (len(_BUCKETS) + 2)  # buckets..., +Inf count, sum
+                series[key] = row
+            idx = bisect.bisect_left(_BUCKETS, seconds)
+            for i in range(idx, len(_BUCKETS)):
+                row[i] += 1
+            row[len(_BUCKETS)] += 1
+            row[len(_BUCKETS) + 1] += seconds
+            if help_text:
+                self._help.setdefault(name, help_text)
+
+    def gauge_now(self, name: str, **labels: str) -> None:
+        """Set a gauge to the current Unix time (e.g. last message seen per sender)."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._gauges[name][key] = time.time()
+
+    def value(self, name: str, **labels: str) -> float:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            return self._counters.get(name, {}).get(key, 0.0)
+
+    def total(self, name: str) -> float:
+        with self._lock:
+            return sum(self._counters.get(name, {}).values())
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            for name, series in sorted(self._counters.items()):
+                lines.append(f"# HELP {name} {self._help.get(name, name)}")
+                lines.append(f"# TYPE {name} counter")
+                lines.extend(f"{name}{_fmt(k)} {v:g}" for k, v in sorted(series.items()))
+            for name, gseries in sorted(self._gauges.items()):
+                lines.append(f"# TYPE {name} gauge")
+                lines.extend(f"{name}{_fmt(k)} {v:.3f}" for k, v in sorted(gseries.items()))
+            for name, hseries in sorted(self._hist.items()):
+                lines.append(f"# HELP {name} {self._help.get(name, name)}")
+                lines.append(f"# TYPE {name} histogram")
+                for k, row in sorted(hseries.items()):
+                    for i, bound in enumerate(_BUCKETS):
+                        lines.append(f"{name}_bucket{_fmt((*k, ('le', f'{bound:g}')))} {row[i]:g}")
+                    lines.append(f"{name}_bucket{_fmt((*k, ('le', '+Inf')))} {row[len(_BUCKETS)]:g}")
+                    lines.append(f"{name}_count{_fmt(k)} {row[len(_BUCKETS)]:g}")
+                    lines.append(f"{name}_sum{_fmt(k)} {row[len(_BUCKETS) + 1]:g}")
+        return "\n".join(lines) + "\n"

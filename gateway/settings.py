@@ -1,0 +1,60 @@
+"""One configuration: ``Settings`` read from ``PIVOT_*`` environment variables (see .env.example)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every setting of the gateway; each has a one-line description in .env.example."""
+
+    model_config = SettingsConfigDict(env_prefix="PIVOT_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address the listeners bind to")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP API, FHIR endpoint, console")
+    mllp_port: int = Field(2575, ge=0, le=65535, description="HL7v2 over MLLP")
+    data_dir: Path = Field(Path("./var"), description="embedded log, FHIR store, dead letters")
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = embedded log")
+    kafka_topic_prefix: str = Field("pivot.", description="prefix of every topic")
+    kafka_group_id: str = Field("pivot", description="consumer group prefix shared by gateway instances")
+    kafka_raw_in_topic: str = Field("", description="topic of raw ER7 landed by a site (empty = off)")
+    kafka_session_timeout_ms: int = Field(10000, ge=1000, description="consumer group session timeout")
+    fhir_base_url: str = Field("", description="external FHIR R4 server; empty = embedded store")
+    mllp_max_message_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger frames get AR")
+    mllp_idle_timeout_s: float = Field(300.0, gt=0, description="close a silent MLLP connection")
+    mllp_max_connections: int = Field(200, ge=1, description="concurrent MLLP connections")
+    sender_profiles: Path | None = Field(None, description="JSON file of per-sender profiles")
+    identifier_systems: Path | None = Field(None, description="JSON file: assigning authority -> system")
+    default_timezone: str = Field("America/Montreal", description="zone of offset-less timestamps")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    workers: bool = Field(True, description="run the mapping and store consumers in this process")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.kafka_bootstrap
+
+    def topic(self, name: str) -> str:
+        """Full topic name: prefix + name (e.g. ``pivot.hl7v2.in``)."""
+        return f"{self.kafka_topic_prefix}{name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings; a bad value raises ConfigError naming the ``PIVOT_*`` variable."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "PIVOT_" + str(first["loc"][0]).upper() if first["loc"] else "PIVOT_*"
+        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(settings.default_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("invalid setting PIVOT_DEFAULT_TIMEZONE: unknown time zone") from None
+    return settings

@@ -1,0 +1,169 @@
+"""Background workers: mapping (hl7v2.in → fhir.*) and the embedded store sink (fhir.* → /fhir).
+
+Each worker is a thread looping poll → process → commit. A record is committed only after what
+it produced is durable (appended to the log, or written to the store); a failure to publish is
+retried with backoff, a failure of the message itself goes to the dead letters with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from gateway.fhirstore import FhirStore
+
+from gateway.envelope import deadletter_headers, fhir_envelope
+from gateway.errors import GatewayError, PublishError
+from gateway.eventlog.base import Consumer, EventLog, OutRecord, Record
+from gateway.hl7v2.tokenizer import parse
+from gateway.intake import MapCache, _msh_only
+from gateway.metrics import Metrics
+from gateway.settings import Settings
+from gateway.topics import DEADLETTER, FHIR_TYPES, HL7V2_IN, fhir_topic
+from mappings import IdentifierSystems, MapContext, MapResult, Profiles, map_message
+
+log = logging.getLogger("pivot.workers")
+_BACKOFF_MAX_S = 5.0
+
+
+class Worker(threading.Thread):
+    """Poll → handle → commit, until stopped."""
+
+    group = "worker"
+
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, topics: list[str]) -> None:
+        super().__init__(name=f"pivot-{self.group}", daemon=True)
+        self.settings = settings
+        self.log = log_
+        self.metrics = metrics
+        self.topics = topics
+        self._stop_event = threading.Event()
+        self.idle = threading.Event()
+        self.processed = 0
+
+    def run(self) -> None:
+        consumer = self.log.consumer(f"{self.settings.kafka_group_id}-{self.group}", self.topics)
+        try:
+            self._loop(consumer)
+        finally:
+            consumer.close()
+
+    def _loop(self, consumer: Consumer) -> None:
+        while not self._stop_event.is_set():
+            records = consumer.poll(timeout_s=0.2, max_records=500)
+            if not records:
+                self.idle.set()
+                continue
+            self.idle.clear()
+            self._retry(self.handle, records)
+            consumer.commit()
+            self.processed += len(records)
+
+    def _retry(self, action: Any, records: list[Record]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                action(records)
+                return
+            except PublishError:
+                if self._stop_event.is_set():
+                    raise
+                log.warning("%s: publish failed, retrying in %.1fs", self.group, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    def handle(self, records: list[Record]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class MappingWorker(Worker):
+    """hl7v2.in → map → fhir.<Type> envelopes (key = resource id); failures → deadletter."""
+
+    group = "mapper"
+
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, profiles: Profiles,
+                 systems: IdentifierSystems, cache: MapCache) -> None:
+        super().__init__(settings, log_, metrics, [settings.topic(HL7V2_IN)])
+        self.profiles = profiles
+        self.systems = systems
+        self.cache = cache
+
+    def handle(self, records: list[Record]) -> None:
+        out: list[OutRecord] = []
+        for rec in records:
+            out.extend(self._one(rec))
+        self.log.append_many(out)
+
+    def _one(self, rec: Record) -> list[OutRecord]:
+        sender = rec.headers.get("sender", "")
+        control_id = rec.headers.get("msh10", "")
+        received_at = rec.headers.get("received_at", "")
+        try:
+            result = self.cache.pop(f"{sender}|{control_id}") or self._map(rec, received_at)
+        except GatewayError as exc:
+            return [self._dead(rec, exc, sender, control_id)]
+        except Exception as exc:
+            log.exception("mapping crashed sender=%s control_id=%s", sender, control_id)
+            err = GatewayError(f"internal mapping error ({type(exc).__name__})")
+            return [self._dead(rec, err, sender, control_id)]
+        site = result.resources[0].get("meta", {}).get("source", "") if result.resources else ""
+        self.metrics.inc("pivot_mapped_total", help_text="messages mapped and published", sender=sender)
+        for seg in result.unmapped_segments:
+            self.metrics.inc("pivot_unmapped_segments_total", help_text="segments not mapped", segment=seg)
+        return [
+            OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])),
+                      key=str(res["id"]).encode(),
+                      value=fhir_envelope(res, site=site, control_id=control_id, sender=sender,
+                                          received_at=received_at),
+                      headers={"msh10": control_id, "sender": sender})
+            for res in result.resources
+        ]
+
+    def _map(self, rec: Record, received_at: str) -> MapResult:
+        head = _msh_only(rec.value)
+        assumed = self.profiles.for_message(head).charset if head is not None else None
+        msg = parse(rec.value, assumed)
+        when = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
+        return map_message(msg, MapContext(profile=self.profiles.for_message(msg), systems=self.systems,
+                                           received_at=when))
+
+    def _dead(self, rec: Record, exc: GatewayError, sender: str, control_id: str) -> OutRecord:
+        self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
+                         stage="map", sender=sender)
+        log.warning("dead letter stage=map error=%s sender=%s control_id=%s", exc.code, sender, control_id)
+        headers = deadletter_headers(stage="map", code=exc.code, hl7_code=exc.hl7_code,
+                                     reason=exc.describe(), sender=sender, control_id=control_id,
+                                     transport=rec.headers.get("transport", ""), source_ref=rec.ref)
+        return OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=sender.encode(),
+                         headers=headers)
+
+
+class StoreSink(Worker):
+    """fhir.<Type> envelopes → the embedded FHIR store (idempotent upserts)."""
+
+    group = "store"
+
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, store: FhirStore) -> None:
+        super().__init__(settings, log_, metrics, [settings.topic(fhir_topic(t)) for t in FHIR_TYPES])
+        self.store = store
+
+    def handle(self, records: list[Record]) -> None:
+        resources: list[dict[str, Any]] = []
+        for rec in records:
+            try:
+                resources.append(json.loads(rec.value)["resource"])
+            except (ValueError, KeyError):
+                log.error("store sink: unreadable envelope %s", rec.ref)
+        if resources:
+            results = self.store.upsert_many(resources)
+            changed = sum(1 for _res, was_changed in results if was_changed)
+            self.metrics.inc("pivot_store_writes_total", changed, help_text="resources written",
+                             changed="true")
+            self.metrics.inc("pivot_store_writes_total", len(results) - changed, changed="false")
