@@ -48,6 +48,17 @@ def bench_hl7apy(msgs: list[bytes]) -> float:
     return rate(len(msgs), time.perf_counter() - t)
 
 
+def bench_ack(msgs: list[bytes]) -> float:
+    """ACKs built per second (AA from a parsed message)."""
+    from gateway.hl7v2.ack import build_ack
+
+    parsed = [parse(raw) for raw in msgs]
+    t = time.perf_counter()
+    for m in parsed:
+        build_ack("AA", msg=m)
+    return rate(len(parsed), time.perf_counter() - t)
+
+
 def bench_map(msgs: list[bytes]) -> float:
     from mappings import IdentifierSystems, MapContext, Profiles, map_message
 
@@ -152,6 +163,7 @@ def main() -> int:
     msgs = [er_message(i) for i in range(2_000)]
     tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
     apy = bench_hl7apy(msgs[:100])
+    acks = bench_ack(msgs)
     full = statistics.median(bench_map(msgs) for _ in range(3))
     e2e = bench_e2e(args.messages, args.paced)
     stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
@@ -159,6 +171,7 @@ def main() -> int:
     print(f"{'measure':<52}{'value':>14}")
     print(f"{'tokenizer (ours), msg/s':<52}{tok:>14,.0f}")
     print(f"{'hl7apy parse_message, msg/s':<52}{apy:>14,.0f}")
+    print(f"{'ACK build (ours), ACKs/s':<52}{acks:>14,.0f}")
     print(f"{'parse + map + validate (ours, one core), msg/s':<52}{full:>14,.0f}")
     print(f"{'end to end MLLP -> AA, 10 connections, msg/s':<52}{e2e['e2e_rate']:>14,.0f}")
     print(f"{'  AA latency p50 / p99 (ms)':<52}{e2e['e2e_p50']:>7.1f} / {e2e['e2e_p99']:.1f}")

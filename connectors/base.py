@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.errors import GatewayError
+
 
 @dataclass(frozen=True, slots=True)
 class Origin:
@@ -34,12 +36,17 @@ class Reply:
     control_id: str = ""
     duplicate: bool = False
     error: str = ""
+    transient: bool = False  # AR because storage is down: the sender (or connector) should retry
 
 
 class Receiver(Protocol):
     """What a connector calls for every message (thread-safe, blocking until durable)."""
 
     def receive(self, raw: bytes, origin: Origin) -> Reply: ...
+
+    def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
+        """A frame the connector cannot pass on (oversize): AR, head kept as a dead letter."""
+        ...
 
 
 class Connector(Protocol):

@@ -120,7 +120,8 @@ async def serve(settings: Settings) -> None:
         connectors.append(KafkaRawConnector(bootstrap=settings.kafka_bootstrap,
                                             topic=settings.kafka_raw_in_topic,
                                             group=f"{settings.kafka_group_id}-raw-in",
-                                            receiver=gateway.intake))
+                                            receiver=gateway.intake,
+                                            session_timeout_ms=settings.kafka_session_timeout_ms))
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
                             access_log=False, lifespan="off")
     server = uvicorn.Server(config)

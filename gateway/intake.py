@@ -175,10 +175,11 @@ class Intake:
                 sender: str) -> Reply:
         control_id = msg.control_id if msg is not None else recover_control_id(raw)
         code = exc.ack_code
+        transient = False
         try:
             self._dead(raw, exc, stage=_stage(exc), sender=sender, control_id=control_id, origin=origin)
         except PublishError as down:
-            exc, code = down, "AR"
+            exc, code, transient = down, "AR", True
         self._count(origin, code, sender, msg.trigger if msg is not None else "")
         log.info("refused code=%s error=%s hl7=%s sender=%s control_id=%s size=%d transport=%s",
                  code, exc.code, exc.hl7_code, sender, control_id, len(raw), origin.transport)
@@ -187,14 +188,14 @@ class Intake:
             acks = self._acks(msg, code, exc, bool(accept_mode or app_mode), accept_mode, app_mode)
         else:
             acks = [build_ack(code, msg=None, raw=raw, error=exc)]
-        return Reply(code=code, acks=acks, control_id=control_id, error=exc.describe())
+        return Reply(code=code, acks=acks, control_id=control_id, error=exc.describe(), transient=transient)
 
     def _down(self, msg: Message, exc: PublishError, origin: Origin, enhanced: bool,
               accept_mode: str, app_mode: str) -> Reply:
         log.error("log unavailable sender=%s control_id=%s", msg.sender, msg.control_id)
         self._count(origin, "AR", msg.sender, msg.trigger)
         return Reply(code="AR", acks=self._acks(msg, "AR", exc, enhanced, accept_mode, app_mode),
-                     control_id=msg.control_id, error=exc.describe())
+                     control_id=msg.control_id, error=exc.describe(), transient=True)
 
     def _dead(self, raw: bytes, exc: GatewayError, *, stage: str, sender: str, control_id: str,
               origin: Origin) -> None:

@@ -7,6 +7,7 @@ visit in PV2-3 and two DG1 diagnoses, about 1.2 KB.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, timedelta
 
 SITES = (("HSA", "CSSS-SOMMETS-HSA", "Hôpital Sainte-Agathe"), ("HLA", "CSSS-ARGENTEUIL-HLA", "Hôpital de Lachute"))
@@ -57,4 +58,6 @@ def er_message(i: int, *, trigger: str = "A04", site: int | None = None, control
     ]
     text = "\r".join(segments) + "\r"
     codec = {"UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii", "": "utf-8"}[charset]
+    if codec == "ascii":  # plain-ASCII senders drop the accents
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     return text.encode(codec)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS offsets (
   grp TEXT NOT NULL, topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, topic));
 """
 _RECHECK_S = 0.2
-_STOP = object()
+_Pending = tuple[list[OutRecord], threading.Event, list[BaseException]]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -62,7 +62,7 @@ class EmbeddedLog:
             self._conn.executescript(_SCHEMA)
         finally:
             os.umask(old)
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
         self._changed = threading.Condition()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="eventlog-writer", daemon=True)
@@ -79,7 +79,7 @@ class EmbeddedLog:
             raise PublishError("event log is closed")
         done = threading.Event()
         slot: list[BaseException] = []
-        self._queue.put((records, done, slot))
+        self._queue.put((list(records), done, slot))
         done.wait()
         if slot:
             raise PublishError("event log write failed") from slot[0]
@@ -87,25 +87,25 @@ class EmbeddedLog:
     def _write_loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is None:
                 return
-            batch = [item]
+            batch: list[_Pending] = [item]
             while True:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is _STOP:
-                    self._queue.put(_STOP)
+                if nxt is None:
+                    self._queue.put(None)
                     break
                 batch.append(nxt)
             self._commit(batch)
 
-    def _commit(self, batch: list[object]) -> None:
+    def _commit(self, batch: list[_Pending]) -> None:
         now = int(time.time() * 1000)
         rows = []
         for item in batch:
-            records, _done, _slot = item  # type: ignore[misc]
+            records, _done, _slot = item
             for r in records:
                 rows.append((r.topic, r.key, r.value, json.dumps(r.headers), now))
         error: BaseException | None = None
@@ -119,7 +119,7 @@ class EmbeddedLog:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
         for item in batch:
-            _records, done, slot = item  # type: ignore[misc]
+            _records, done, slot = item
             if error is not None:
                 slot.append(error)
             done.set()
@@ -157,7 +157,7 @@ class EmbeddedLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(_STOP)
+        self._queue.put(None)
         self._writer.join(timeout=10)
         with self._changed:
             self._changed.notify_all()

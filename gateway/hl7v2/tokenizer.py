@@ -1,11 +1,21 @@
-"""Lean HL7v2 ER7 tokenizer: the hot path (hl7apy is the reference, see tests/test_differential.py).
+"""Lean HL7v2 ER7 tokenizer: the hot path (hl7apy is the reference, see tests/test_differential_hl7apy.py).
 
-``parse(raw)`` decodes per MSH-18 (charset.py), splits segments on CR, LF or CRLF, fields on the
-MSH-1 separator and keeps each field's raw text; repetitions, components and subcomponents are
-split and unescaped on first access and cached. Every error is a :class:`ParseError`.
+``parse(raw)`` checks MSH-1/MSH-2 on the bytes, decodes per MSH-18 (charset.py), splits segments
+on CR, LF or CRLF and fields on the MSH-1 separator, keeping each field's raw (escaped) text.
+Repetitions are split on first access; components and subcomponents are split and unescaped on
+first access to a repetition; both are cached. Every error is a :class:`ParseError` (or its
+subclass CharsetError) with a location.
 
-Numbering follows HL7: ``seg.get(3)`` is PID-3; for MSH, ``get(1)`` is the field separator and
-``get(2)`` the encoding characters, as in the standard.
+Numbering follows HL7: ``seg.get(3)`` is PID-3; for MSH (and FHS/BHS) ``get(1)`` is the field
+separator and ``get(2)`` the encoding characters, as in the standard; neither is split further.
+
+Escapes (HL7 v2.5 §2.7): ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\`` → the delimiter, ``\\Xhh…\\`` → those bytes
+decoded in the message charset, ``\\.br\\`` (and ``\\.sp\\``) → newline, ``\\H\\``/``\\N\\`` (highlight)
+→ nothing; any other sequence (``\\Z…\\``, ``\\C…\\``, ``\\.in\\`` …) is kept verbatim. The HL7 null
+``""`` is kept as the two characters: the mapping layer decides what it means.
+
+Quirks accepted: a UTF-8 BOM, blank lines, and a doubled escape character in MSH-2
+(``^~\\\\&``, seen in LinuxForHealth corpus files) read as ``^~\\&``.
 """
 
 from __future__ import annotations
@@ -16,9 +26,11 @@ from dataclasses import dataclass
 from gateway.errors import Location, ParseError
 from gateway.hl7v2.charset import UTF8_BOM, decode
 
-_SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
-_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")
+_KNOWN_IDS: set[str] = set()  # ids already checked against _SEGMENT_ID (bounded)
 BATCH_SEGMENTS = frozenset({"FHS", "FTS", "BHS", "BTS"})
+_HEADER_SEGMENTS = frozenset({"MSH", "FHS", "BHS"})
+_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +52,32 @@ class Delimiters:
 DEFAULT_DELIMITERS = Delimiters()
 
 
-def unescape(text: str, d: Delimiters) -> str:
-    """Resolve \\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh..\\ and \\.br\\ (newline). Unknown escapes stay verbatim."""
+def delimiters_from_header(head: str) -> Delimiters:
+    """Read MSH-1 and MSH-2 from the first segment's text; ParseError when they are unusable.
+
+    Delimiters must be distinct printable ASCII punctuation (HL7 v2.5 §2.5.4). A 5-character MSH-2
+    whose 3rd and 4th characters are the same (``^~\\\\&``) is read as the 4-character ``^~\\&``.
+    """
+    if not head.startswith("MSH"):
+        raise ParseError("message does not start with an MSH segment", location=Location("MSH", 1))
+    if len(head) < 8:
+        raise ParseError("MSH segment too short for MSH-1 and MSH-2", location=Location("MSH", 1, 2),
+                         hl7_code="102")
+    fsep = head[3]
+    if fsep not in _PUNCT:
+        raise ParseError("invalid field separator in MSH-1", location=Location("MSH", 1, 1), hl7_code="102")
+    enc_end = head.find(fsep, 4)
+    enc = head[4:enc_end] if enc_end >= 0 else head[4:]
+    if len(enc) == 5 and enc[2] == enc[3]:
+        enc = enc[:3] + enc[4]  # literal '^~\\&' quirk: a doubled escape character
+    if not 4 <= len(enc) <= 5 or len(set(enc + fsep)) != len(enc) + 1 or not _PUNCT.issuperset(enc):
+        raise ParseError("invalid encoding characters in MSH-2", location=Location("MSH", 1, 2),
+                         hl7_code="102")
+    return Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+
+
+def unescape(text: str, d: Delimiters, codec: str = "latin-1") -> str:
+    """Resolve the escape sequences of one (sub)component; unknown sequences stay verbatim."""
     esc = d.escape
     if not esc or esc not in text:
         return text
@@ -49,80 +85,124 @@ def unescape(text: str, d: Delimiters) -> str:
     i = 0
     n = len(text)
     while i < n:
-        ch = text[i]
-        if ch != esc:
-            out.append(ch)
-            i += 1
-            continue
-        end = text.find(esc, i + 1)
-        if end < 0:
+        start = text.find(esc, i)
+        if start < 0:
             out.append(text[i:])
             break
-        seq = text[i + 1 : end]
-        rep = _escape_value(seq, d)
-        if rep is None:
-            out.append(text[i : end + 1])
-        else:
-            out.append(rep)
+        if start > i:
+            out.append(text[i:start])
+        end = text.find(esc, start + 1)
+        if end < 0:
+            out.append(text[start:])
+            break
+        value = _escape_value(text[start + 1 : end], d, codec)
+        out.append(text[start : end + 1] if value is None else value)
         i = end + 1
     return "".join(out)
 
 
-def _escape_value(seq: str, d: Delimiters) -> str | None:
-    simple = {"F": d.field, "S": d.component, "T": d.subcomponent, "R": d.repetition, "E": d.escape}
-    if seq in simple:
-        return simple[seq]
+def _escape_value(seq: str, d: Delimiters, codec: str) -> str | None:
+    if not seq:
+        return None
+    if len(seq) == 1:
+        return {"F": d.field, "S": d.component, "T": d.subcomponent, "R": d.repetition, "E": d.escape,
+                "H": "", "N": ""}.get(seq)
     if seq == ".br":
         return "\n"
-    if seq.startswith("X") and len(seq) > 1 and len(seq) % 2 == 1:
+    if seq.startswith(".sp"):
+        count = seq[3:].strip()
+        return "\n" * int(count) if count.isdigit() and len(count) < 4 else ("\n" if not count else None)
+    if seq[0] == "X" and len(seq) % 2 == 1:
         try:
-            return bytes.fromhex(seq[1:]).decode("latin-1")
-        except ValueError:
+            return bytes.fromhex(seq[1:]).decode(codec)
+        except (ValueError, LookupError):  # UnicodeDecodeError is a ValueError
             return None
     return None
 
 
+def escape(text: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
+    """Escape ``text`` for one ER7 (sub)component: delimiters → \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, newline → \\.br\\."""
+    esc = d.escape
+    out = text.replace(esc, f"{esc}E{esc}")
+    for char, code in ((d.field, "F"), (d.component, "S"), (d.subcomponent, "T"), (d.repetition, "R")):
+        if char in out:
+            out = out.replace(char, f"{esc}{code}{esc}")
+    if d.truncation and d.truncation in out:
+        out = out.replace(d.truncation, f"{esc}P{esc}")
+    if "\r" in out or "\n" in out:
+        out = out.replace("\r\n", "\n").replace("\r", "\n").replace("\n", f"{esc}.br{esc}")
+    return out
+
+
 class Rep:
-    """One repetition of a field: components, each a list of subcomponents (unescaped)."""
+    """One repetition of a field: components, each a list of subcomponents (unescaped, split lazily)."""
 
-    __slots__ = ("comps", "raw")
+    __slots__ = ("_codec", "_comps", "_d", "raw")
 
-    def __init__(self, raw: str, d: Delimiters):
+    def __init__(self, raw: str, d: Delimiters, codec: str = "latin-1"):
         self.raw = raw
-        self.comps: list[list[str]] = [
-            [unescape(s, d) for s in c.split(d.subcomponent)] if d.subcomponent else [unescape(c, d)]
-            for c in raw.split(d.component)
-        ]
+        self._d = d
+        self._codec = codec
+        self._comps: list[list[str]] | None = None
+
+    @classmethod
+    def literal(cls, raw: str) -> Rep:
+        """A repetition that is not split or unescaped (MSH-1, MSH-2)."""
+        rep = cls(raw, DEFAULT_DELIMITERS)
+        rep._comps = [[raw]]
+        return rep
+
+    @property
+    def comps(self) -> list[list[str]]:
+        comps = self._comps
+        if comps is None:
+            raw, d = self.raw, self._d
+            if d.escape not in raw:
+                if d.subcomponent not in raw:
+                    comps = [[c] for c in raw.split(d.component)]
+                else:
+                    comps = [c.split(d.subcomponent) for c in raw.split(d.component)]
+            else:
+                comps = [[unescape(s, d, self._codec) for s in c.split(d.subcomponent)]
+                         for c in raw.split(d.component)]
+            self._comps = comps
+        return comps
 
     def get(self, comp: int = 1, sub: int = 1) -> str:
-        """Component ``comp``, subcomponent ``sub`` (1-based), '' when absent."""
-        if comp < 1 or comp > len(self.comps):
+        """Component ``comp``, subcomponent ``sub`` (1-based), unescaped; '' when absent."""
+        comps = self.comps
+        if comp < 1 or comp > len(comps):
             return ""
-        subs = self.comps[comp - 1]
+        subs = comps[comp - 1]
         return subs[sub - 1] if 0 < sub <= len(subs) else ""
 
     def component(self, comp: int) -> str:
-        """The whole component (subcomponents joined back with '&'), unescaped."""
-        if comp < 1 or comp > len(self.comps):
+        """The whole component (subcomponents joined back with the subcomponent separator), unescaped."""
+        comps = self.comps
+        if comp < 1 or comp > len(comps):
             return ""
-        return "&".join(self.comps[comp - 1])
+        return self._d.subcomponent.join(comps[comp - 1])
 
     def __bool__(self) -> bool:
         return self.raw != ""
+
+    def __repr__(self) -> str:  # no values: reprs end up in logs
+        return f"<Rep {len(self.raw)} chars>"
 
 
 class Segment:
     """One segment: id, raw field strings, and lazily split repetitions."""
 
-    __slots__ = ("_cache", "_offset", "d", "fields", "id", "index")
+    __slots__ = ("_offset", "_split", "codec", "d", "fields", "id", "index")
 
-    def __init__(self, sid: str, fields: list[str], d: Delimiters, index: int):
+    def __init__(self, sid: str, fields: list[str], d: Delimiters, index: int, codec: str = "latin-1"):
         self.id = sid
         self.fields = fields  # fields[0] is the id; for MSH fields[1] is MSH-2
         self.d = d
         self.index = index
-        self._offset = 1 if sid == "MSH" or sid in BATCH_SEGMENTS else 0
-        self._cache: dict[int, list[Rep]] = {}
+        self.codec = codec
+        self._offset = 1 if sid in _HEADER_SEGMENTS else 0
+        self._split: list[list[Rep]] | None = None
 
     def raw(self, n: int) -> str:
         """Raw (escaped) text of field n, '' when absent."""
@@ -138,18 +218,26 @@ class Segment:
 
     def reps(self, n: int) -> list[Rep]:
         """Repetitions of field n (empty list when the field is empty)."""
-        cached = self._cache.get(n)
-        if cached is not None:
-            return cached
-        raw = self.raw(n)
-        if self._offset and n in (1, 2):
-            reps = [Rep(raw, Delimiters(component="\x00", repetition="\x00", escape="", subcomponent=""))]
-        elif raw == "":
-            reps = []
-        else:
-            reps = [Rep(r, self.d) for r in raw.split(self.d.repetition)]
-        self._cache[n] = reps
-        return reps
+        split = self._split
+        if split is None:
+            split = self._split_all()
+        i = n - self._offset
+        return split[i] if n > 0 and 0 <= i < len(split) else []
+
+    def _split_all(self) -> list[list[Rep]]:
+        """Split every field into repetitions at once (one pass is cheaper than one call per field)."""
+        d, codec = self.d, self.codec
+        rsep = d.repetition
+        split: list[list[Rep]] = [
+            [] if not f else [Rep(f, d, codec)] if rsep not in f else [Rep(r, d, codec) for r in f.split(rsep)]
+            for f in self.fields
+        ]
+        # split[0] stands for the segment id, or for MSH-1 (the field separator) in MSH/FHS/BHS
+        split[0] = [Rep.literal(d.field)] if self._offset else []
+        if self._offset and len(split) > 1:
+            split[1] = [Rep.literal(self.fields[1])] if self.fields[1] else []
+        self._split = split
+        return split
 
     def rep(self, n: int, rep: int = 1) -> Rep | None:
         reps = self.reps(n)
@@ -157,8 +245,11 @@ class Segment:
 
     def get(self, n: int, comp: int = 1, sub: int = 1, rep: int = 1) -> str:
         """Field n, repetition ``rep``, component ``comp``, subcomponent ``sub``; unescaped, '' if absent."""
-        r = self.rep(n, rep)
-        return r.get(comp, sub) if r is not None else ""
+        reps = self.reps(n)
+        return reps[rep - 1].get(comp, sub) if 0 < rep <= len(reps) else ""
+
+    def __repr__(self) -> str:
+        return f"<Segment {self.id} #{self.index + 1} {self.size} fields>"
 
 
 class Message:
@@ -188,22 +279,27 @@ class Message:
 
     @property
     def control_id(self) -> str:
+        """MSH-10 message control id."""
         return self.msh.get(10)
 
     @property
     def message_code(self) -> str:
+        """MSH-9.1 message code (ADT, ORU…)."""
         return self.msh.get(9, 1)
 
     @property
     def trigger(self) -> str:
+        """MSH-9.2 trigger event (A04…)."""
         return self.msh.get(9, 2)
 
     @property
     def structure(self) -> str:
+        """MSH-9.3 message structure (ADT_A01…), '' when not sent."""
         return self.msh.get(9, 3)
 
     @property
     def version(self) -> str:
+        """MSH-12.1 version id."""
         return self.msh.get(12, 1)
 
     @property
@@ -216,19 +312,24 @@ class Message:
 
     @property
     def sender(self) -> str:
-        """Sending application + facility: the key, with MSH-10, for duplicate detection."""
+        """Sending application + facility (MSH-3.1|MSH-4.1): the key, with MSH-10, for duplicate detection."""
         return f"{self.sending_application}|{self.sending_facility}"
 
     @property
     def segment_ids(self) -> list[str]:
         return [s.id for s in self.segments]
 
+    def __repr__(self) -> str:
+        return f"<Message {self.message_code}^{self.trigger} {len(self.segments)} segments>"
+
 
 def split_segments(text: str) -> list[str]:
-    """Segment strings of a decoded message; a BOM and blank lines are dropped."""
+    """Segment strings of a decoded message (CR, LF or CRLF terminators); a BOM and blank lines are dropped."""
     if text.startswith("\ufeff"):
         text = text[1:]
-    return [s for s in _SEGMENT_SPLIT.split(text) if s.strip()]
+    if "\n" in text:
+        text = text.replace("\r\n", "\r").replace("\n", "\r")
+    return [s for s in text.split("\r") if s and not s.isspace()]
 
 
 def parse_text(text: str, charset: str = "utf-8", warnings: list[str] | None = None) -> Message:
@@ -236,38 +337,41 @@ def parse_text(text: str, charset: str = "utf-8", warnings: list[str] | None = N
     lines = split_segments(text)
     if not lines:
         raise ParseError("empty message", location=Location("MSH", 1))
-    head = lines[0]
-    if not head.startswith("MSH") or len(head) < 8:
-        raise ParseError("message does not start with an MSH segment", location=Location("MSH", 1))
-    fsep = head[3]
-    if fsep.isalnum() or fsep in " \t":
-        raise ParseError("invalid field separator in MSH-1", location=Location("MSH", 1, 1))
-    enc_end = head.find(fsep, 4)
-    enc = head[4:enc_end] if enc_end >= 0 else head[4:]
-    if len(enc) == 5 and enc[4] == enc[2]:
-        enc = enc[:4]  # literal '^~\\&' quirk: a doubled escape character
-    if len(enc) < 4 or len(set(enc + fsep)) != len(enc) + 1 or any(c.isalnum() or c in " \t" for c in enc):
-        raise ParseError("invalid encoding characters in MSH-2", location=Location("MSH", 1, 2),
-                         hl7_code="102")
-    d = Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+    return _tokenize(lines, delimiters_from_header(lines[0]), charset, warnings or [], text)
+
+
+def _tokenize(lines: list[str], d: Delimiters, charset: str, warnings: list[str], text: str) -> Message:
+    fsep = d.field
+    valid = _SEGMENT_ID.fullmatch
+    known = _KNOWN_IDS
     segments: list[Segment] = []
     for i, line in enumerate(lines):
         fields = line.split(fsep)
         sid = fields[0]
-        if not _SEGMENT_ID.match(sid):
-            raise ParseError(f"invalid segment id at segment {i + 1}", location=Location(f"#{i + 1}", i + 1))
-        if i == 0:
-            fields[1] = enc
-        segments.append(Segment(sid, fields, d, i))
-    return Message(segments, d, charset, warnings or [], text)
+        if sid not in known:
+            if not valid(sid):
+                raise ParseError(f"invalid segment id at segment {i + 1}", location=Location("", i + 1))
+            if len(known) < 4096:
+                known.add(sid)
+        segments.append(Segment(sid, fields, d, i, charset))
+    segments[0].fields[1] = d.encoding_characters
+    return Message(segments, d, charset, warnings, text)
 
 
 def parse(raw: bytes, assumed_charset: str | None = None) -> Message:
-    """Decode (MSH-18, else the sender profile's charset, else UTF-8 then cp1252) and tokenize."""
+    """Check MSH-1/MSH-2, decode (MSH-18, else the sender profile's charset, else UTF-8 then cp1252), tokenize."""
     if raw.startswith(UTF8_BOM):
         raw = raw[3:]
-    lead = raw.lstrip(b"\r\n\t ")
+    lead = raw.lstrip(b"\r\n\t ") if raw[:1] in b"\r\n\t " else raw
     if not lead.startswith(b"MSH"):
         raise ParseError("message does not start with an MSH segment", location=Location("MSH", 1))
+    end = len(lead)
+    for term in (b"\r", b"\n"):
+        pos = lead.find(term, 0, end)
+        if pos >= 0:
+            end = pos
+    # MSH-1/2 problems are AR and come before any charset AE; the delimiters are ASCII, so they read the
+    # same in every supported charset (all ASCII-compatible)
+    d = delimiters_from_header(lead[:end].decode("latin-1"))
     text, codec, warnings = decode(lead, assumed_charset)
-    return parse_text(text, codec, warnings)
+    return _tokenize(split_segments(text), d, codec, warnings, text)
