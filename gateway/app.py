@@ -13,11 +13,11 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
-from gateway.fhirstore import FhirStore
 
 from gateway.dedupe import DedupeIndex
 from gateway.errors import ConfigError
 from gateway.eventlog.base import EventLog
+from gateway.fhirstore import FhirStore
 from gateway.intake import Intake, MapCache
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -85,7 +85,8 @@ def create_app(gateway: Gateway) -> FastAPI:
     from gateway.http.fhir_routes import make_fhir_router
 
     app = FastAPI(title="Pivot gateway", version="0.1.0")
-    app.include_router(make_hl7v2_router(lambda: gateway.intake))
+    app.include_router(make_hl7v2_router(lambda: gateway.intake,
+                                        max_bytes=gateway.settings.mllp_max_message_bytes))
     app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
 
     @app.get("/healthz")
@@ -102,6 +103,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 async def serve(settings: Settings) -> None:
     """Run the gateway in the foreground until SIGINT/SIGTERM."""
     import uvicorn
+
     from connectors.mllp import MllpServer
 
     gateway = Gateway(settings)

@@ -83,7 +83,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _ingest(gateway: object, args: argparse.Namespace) -> int:
     from connectors.files import ingest_files
-
     from gateway.app import Gateway
 
     assert isinstance(gateway, Gateway)

@@ -14,11 +14,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from gateway.fhirstore import FhirStore
-
 from gateway.envelope import deadletter_headers, fhir_envelope
 from gateway.errors import GatewayError, PublishError
 from gateway.eventlog.base import Consumer, EventLog, OutRecord, Record
+from gateway.fhirstore import FhirStore
 from gateway.hl7v2.tokenizer import parse
 from gateway.intake import MapCache, _msh_only
 from gateway.metrics import Metrics
