@@ -6,7 +6,9 @@ What real feeds do, and what this listener does about it:
   a buffer and yields whole frames in order;
 - bytes between frames (noise, a stray CR/LF, a half frame after a reconnect) → dropped and
   counted (``pivot_mllp_noise_bytes_total``), never answered;
-- a flood of start bytes (``\\x0b\\x0b\\x0b…MSH``) → the frame starts at the last start byte;
+- a flood of start bytes (``\\x0b\\x0b\\x0b…MSH``) → the frame starts at the last start byte; a
+  start byte followed by ``MSH`` inside a frame abandons the unfinished frame before it (a sender
+  that reconnected mid-message); any other stray start byte is content (the intake refuses it);
 - a frame larger than ``max_message_bytes`` → its first 64 KB are kept, the rest skipped up to
   the end block, and the intake answers AR (MSA-2 recovered from the head, which is kept as a
   dead letter);
@@ -90,9 +92,15 @@ class FrameParser:
             self.noise += start
             del buf[: start + 1]
             self._in_frame = True
+        lead = 0
+        while lead < len(buf) and buf[lead] == START_BLOCK[0]:  # a flood of start bytes
+            lead += 1
+        if lead:
+            self.noise += lead
+            del buf[:lead]
         end = buf.find(FRAME_END)
-        restart = buf.rfind(START_BLOCK, 0, end if end >= 0 else len(buf))
-        if restart >= 0:  # a start byte inside the frame: what came before it is abandoned
+        restart = buf.rfind(START_BLOCK + b"MSH", 0, end if end >= 0 else len(buf))
+        if restart >= 0:  # a new message started before this one ended: the first is abandoned
             self.noise += restart + 1
             del buf[: restart + 1]
             end = buf.find(FRAME_END)

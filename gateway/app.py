@@ -9,15 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from gateway.dedupe import DedupeIndex
+from gateway.defisante import DefiSanteRules
+from gateway.delivery.client import FhirClient
+from gateway.delivery.config import client_from_settings
+from gateway.delivery.sink import DeliverySink
 from gateway.errors import ConfigError
 from gateway.eventlog.base import EventLog
 from gateway.fhirstore import FhirStore
+from gateway.identity import IdentityResolver
 from gateway.intake import Intake, MapCache
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -43,10 +50,9 @@ class Gateway:
     """Everything one gateway process runs, wired from Settings."""
 
     def __init__(self, settings: Settings) -> None:
-        if settings.fhir_base_url:
-            raise ConfigError("PIVOT_FHIR_BASE_URL: pushing to an external FHIR server is not available "
-                              "in this version yet; leave it empty to use the embedded store")
         self.settings = settings
+        # built first: a delivery misconfiguration stops the start-up with the setting's name
+        self.fhir_client: FhirClient | None = client_from_settings(settings) if settings.fhir_base_url else None
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.profiles = Profiles.load(settings.sender_profiles, settings.default_timezone)
@@ -55,17 +61,23 @@ class Gateway:
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
         self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
         self.cache = MapCache()
+        self.identity = IdentityResolver(settings.data_dir)
+        self.rules = DefiSanteRules()
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
-                             self.cache)
+                             self.cache, self.identity)
         self.workers: list[Worker] = []
+        self.instance_id = _instance_id(settings.data_dir)
 
     def start_workers(self) -> None:
         if self.workers or not self.settings.workers:
             return
         self.workers = [
-            MappingWorker(self.settings, self.log, self.metrics, self.profiles, self.systems, self.cache),
-            StoreSink(self.settings, self.log, self.metrics, self.store),
+            MappingWorker(self.settings, self.log, self.metrics, self.profiles, self.systems, self.cache,
+                          self.identity, self.rules),
+            StoreSink(self.settings, self.log, self.metrics, self.store, instance_id=self.instance_id),
         ]
+        if self.fhir_client is not None:
+            self.workers.append(DeliverySink(self.settings, self.log, self.metrics, self.fhir_client))
         for worker in self.workers:
             worker.start()
 
@@ -75,19 +87,32 @@ class Gateway:
         for worker in self.workers:
             worker.join(timeout=10)
         self.workers = []
+        if self.fhir_client is not None:
+            self.fhir_client.close()
+        self.rules.close()
+        self.identity.close()
         self.log.close()
         self.store.close()
         self.dedupe.close()
 
 
+def _instance_id(data_dir: Path) -> str:
+    """A stable id for this gateway instance (its data dir), created on first start."""
+    path = data_dir / "instance-id"
+    if not path.exists():
+        path.write_text(uuid.uuid4().hex[:12])
+    return path.read_text().strip()
+
+
 def create_app(gateway: Gateway) -> FastAPI:
     from connectors.http import make_hl7v2_router
-    from gateway.http.fhir_routes import make_fhir_router
+    from gateway.http import install_fhir_error_handler, make_fhir_router
 
     app = FastAPI(title="Pivot gateway", version="0.1.0")
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
+    install_fhir_error_handler(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

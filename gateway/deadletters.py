@@ -1,16 +1,21 @@
-"""Dead letters: list them and replay them through the intake.
+"""Dead letters: list them and replay them (through the intake, or to delivery for stage ``deliver``).
 
 A dead letter is a record of the ``deadletter`` topic: the raw bytes and headers giving the stage,
-the error codes and a reason without health data. Its id is ``partition:offset``.
+the error codes and a reason without health data. Its id is ``partition:offset``. A ``deliver``
+dead letter holds the refused transaction Bundle (JSON); replaying it appends it to ``fhir.Bundle``
+again (same key: the patient id) for the delivery sink, instead of mapping the message again.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from connectors.base import Origin, Reply
-from gateway.errors import GatewayError
+from gateway.envelope import fhir_envelope, now_iso
+from gateway.errors import GatewayError, PublishError
+from gateway.eventlog.base import OutRecord
 from gateway.topics import DEADLETTER
 
 if TYPE_CHECKING:
@@ -29,6 +34,7 @@ class DeadLetter:
     size: int
     reason: str
     raw: bytes
+    key: bytes | None = None
 
 
 def list_deadletters(gateway: Gateway) -> list[DeadLetter]:
@@ -38,7 +44,7 @@ def list_deadletters(gateway: Gateway) -> list[DeadLetter]:
         out.append(DeadLetter(id=f"{rec.partition}:{rec.offset}", at=h.get("at", ""), stage=h.get("stage", ""),
                               code=h.get("code", ""), hl7_code=h.get("hl7_code", ""),
                               sender=h.get("sender", ""), control_id=h.get("msh10", ""),
-                              size=len(rec.value), reason=h.get("reason", ""), raw=rec.value))
+                              size=len(rec.value), reason=h.get("reason", ""), raw=rec.value, key=rec.key))
     return out
 
 
@@ -55,10 +61,39 @@ def print_deadletters(items: list[DeadLetter]) -> None:
 
 
 def replay(gateway: Gateway, ref: str) -> Reply:
-    """Send one dead letter through the intake again (its duplicate entry is forgotten first)."""
+    """Send one dead letter through the intake again (its duplicate entry is forgotten first).
+
+    A ``deliver`` dead letter goes back to the ``fhir.Bundle`` topic instead (see module docstring).
+    """
     for item in list_deadletters(gateway):
         if item.id == ref:
+            if item.stage == "deliver":
+                return _replay_bundle(gateway, item)
             if item.control_id:
                 gateway.dedupe.forget(item.sender, item.control_id)
             return gateway.intake.receive(item.raw, Origin("replay", f"deadletter:{ref}"))
     raise GatewayError(f"no dead letter with id {ref}")
+
+
+def _replay_bundle(gateway: Gateway, item: DeadLetter) -> Reply:
+    """Re-append a refused transaction Bundle to ``fhir.Bundle`` in a fresh envelope (AA once durable)."""
+    from gateway.delivery.bundle import BUNDLE_TOPIC, patient_key
+
+    try:
+        bundle = json.loads(item.raw)
+    except ValueError:
+        bundle = None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        return Reply(code="AE", control_id=item.control_id, error="dead letter is not a FHIR Bundle")
+    entries = bundle.get("entry") or []
+    first = entries[0].get("resource", {}) if entries and isinstance(entries[0], dict) else {}
+    site = str((first.get("meta") or {}).get("source", "")) if isinstance(first, dict) else ""
+    value = fhir_envelope(bundle, site=site, control_id=item.control_id, sender=item.sender, received_at=now_iso())
+    record = OutRecord(topic=gateway.settings.topic(BUNDLE_TOPIC), value=value,
+                       key=item.key or patient_key(bundle),
+                       headers={"msh10": item.control_id, "sender": item.sender, "replay_of": item.id})
+    try:
+        gateway.log.append(record)
+    except PublishError as exc:
+        return Reply(code="AR", control_id=item.control_id, error=exc.describe(), transient=True)
+    return Reply(code="AA", control_id=item.control_id)

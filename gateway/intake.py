@@ -29,6 +29,7 @@ from gateway.eventlog.base import EventLog, OutRecord
 from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
 from gateway.hl7v2.diagnose import diagnose
 from gateway.hl7v2.tokenizer import Message, parse, parse_text, split_segments
+from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from mappings import IdentifierSystems, MapContext, MapResult, Profiles, check_supported, map_message
@@ -59,7 +60,8 @@ class Intake:
     """Receiver for every connector: parse, check, dedupe, map, store durably, acknowledge."""
 
     def __init__(self, settings: Settings, log_: EventLog, dedupe: DedupeIndex, profiles: Profiles,
-                 systems: IdentifierSystems, metrics: Metrics, cache: MapCache) -> None:
+                 systems: IdentifierSystems, metrics: Metrics, cache: MapCache,
+                 identity: IdentityResolver | None = None) -> None:
         self.settings = settings
         self.log = log_
         self.dedupe = dedupe
@@ -67,6 +69,7 @@ class Intake:
         self.systems = systems
         self.metrics = metrics
         self.cache = cache
+        self.identity = identity or IdentityResolver()
         self.topic_in = settings.topic("hl7v2.in")
         self.topic_dead = settings.topic("deadletter")
 
@@ -117,7 +120,7 @@ class Intake:
                 return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
             commit = [build_ack("CA", msg=msg)] if wants_ack(accept_mode, "CA") else []
             try:
-                result = map_message(msg, ctx)
+                result = self.identity.resolve(map_message(msg, ctx))
             except GatewayError as exc:  # the mapping worker dead-letters it from hl7v2.in
                 self._count(origin, "AE", sender, msg.trigger)
                 app = [build_ack(exc.ack_code, msg=msg, error=exc)] if wants_ack(app_mode, "AE") else []
@@ -128,7 +131,7 @@ class Intake:
             app = [build_ack("AA", msg=msg)] if wants_ack(app_mode, "AA") else []
             return Reply(code="AA", acks=commit + app, control_id=control_id)
         try:
-            result = map_message(msg, ctx)
+            result = self.identity.resolve(map_message(msg, ctx))
         except GatewayError as exc:
             return self._reject(raw, msg, exc, origin, sender)
         try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
@@ -25,6 +26,19 @@ class Settings(BaseSettings):
     kafka_raw_in_topic: str = Field("", description="topic of raw ER7 landed by a site (empty = off)")
     kafka_session_timeout_ms: int = Field(10000, ge=1000, description="consumer group session timeout")
     fhir_base_url: str = Field("", description="external FHIR R4 server; empty = embedded store")
+    fhir_auth: Literal["none", "bearer", "smart"] = Field(
+        "none", description="auth to the FHIR server: none, bearer (static token), smart (backend services)")
+    fhir_token: SecretStr | None = Field(None, description="bearer token (fhir_auth=bearer)")
+    fhir_token_file: Path | None = Field(None, description="file holding the bearer token, re-read on change")
+    fhir_token_url: str = Field("", description="SMART token endpoint; empty = from .well-known/smart-configuration")
+    fhir_client_id: str = Field("", description="SMART client id (iss and sub of the client assertion)")
+    fhir_private_key_file: Path | None = Field(None, description="PEM key signing the SMART assertion (RSA/P-384)")
+    fhir_scope: str = Field("system/*.read system/*.write", description="SMART scopes requested")
+    fhir_ca_bundle: Path | None = Field(None, description="PEM CA bundle trusted for the FHIR server")
+    fhir_client_cert: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
+    fhir_client_key: Path | None = Field(None, description="PEM key of the client certificate")
+    fhir_timeout_s: float = Field(30.0, gt=0, description="timeout of one FHIR request")
+    fhir_retry_max_s: float = Field(60.0, gt=0, description="longest wait between two delivery attempts")
     mllp_max_message_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger frames get AR")
     mllp_idle_timeout_s: float = Field(300.0, gt=0, description="close a silent MLLP connection")
     mllp_max_connections: int = Field(200, ge=1, description="concurrent MLLP connections")

@@ -14,11 +14,14 @@ import time
 from datetime import datetime
 from typing import Any
 
+from gateway.defisante import DefiSanteRules
+from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
 from gateway.envelope import deadletter_headers, fhir_envelope
-from gateway.errors import GatewayError, PublishError
+from gateway.errors import GatewayError, PublishError, StoreError
 from gateway.eventlog.base import Consumer, EventLog, OutRecord, Record
 from gateway.fhirstore import FhirStore
 from gateway.hl7v2.tokenizer import parse
+from gateway.identity import IdentityResolver
 from gateway.intake import MapCache, _msh_only
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -44,8 +47,12 @@ class Worker(threading.Thread):
         self.idle = threading.Event()
         self.processed = 0
 
+    def consumer_group(self) -> str:
+        """The consumer group: shared by every gateway instance, so they split the work."""
+        return f"{self.settings.kafka_group_id}-{self.group}"
+
     def run(self) -> None:
-        consumer = self.log.consumer(f"{self.settings.kafka_group_id}-{self.group}", self.topics)
+        consumer = self.log.consumer(self.consumer_group(), self.topics)
         try:
             self._loop(consumer)
         finally:
@@ -88,11 +95,14 @@ class MappingWorker(Worker):
     group = "mapper"
 
     def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, profiles: Profiles,
-                 systems: IdentifierSystems, cache: MapCache) -> None:
+                 systems: IdentifierSystems, cache: MapCache, identity: IdentityResolver | None = None,
+                 rules: DefiSanteRules | None = None) -> None:
         super().__init__(settings, log_, metrics, [settings.topic(HL7V2_IN)])
         self.profiles = profiles
         self.systems = systems
         self.cache = cache
+        self.identity = identity or IdentityResolver()
+        self.rules = rules or DefiSanteRules()
 
     def handle(self, records: list[Record]) -> None:
         out: list[OutRecord] = []
@@ -105,7 +115,7 @@ class MappingWorker(Worker):
         control_id = rec.headers.get("msh10", "")
         received_at = rec.headers.get("received_at", "")
         try:
-            result = self.cache.pop(f"{sender}|{control_id}") or self._map(rec, received_at)
+            result = self.cache.pop(f"{sender}|{control_id}") or self.identity.resolve(self._map(rec, received_at))
         except GatewayError as exc:
             return [self._dead(rec, exc, sender, control_id)]
         except Exception as exc:
@@ -116,7 +126,7 @@ class MappingWorker(Worker):
         self.metrics.inc("pivot_mapped_total", help_text="messages mapped and published", sender=sender)
         for seg in result.unmapped_segments:
             self.metrics.inc("pivot_unmapped_segments_total", help_text="segments not mapped", segment=seg)
-        return [
+        out = [
             OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])),
                       key=str(res["id"]).encode(),
                       value=fhir_envelope(res, site=site, control_id=control_id, sender=sender,
@@ -124,6 +134,14 @@ class MappingWorker(Worker):
                       headers={"msh10": control_id, "sender": sender})
             for res in result.resources
         ]
+        # the whole message as one transaction Bundle, keyed by patient: what the delivery sink sends
+        bundle = message_bundle(result.resources, sender=sender, control_id=control_id)
+        out.append(OutRecord(topic=self.settings.topic(BUNDLE_TOPIC), key=(result.patient_id or bundle["id"]).encode(),
+                             value=fhir_envelope(bundle, site=site, control_id=control_id, sender=sender,
+                                                 received_at=received_at),
+                             headers={"msh10": control_id, "sender": sender}))
+        out.extend(self.rules.on_mapped(result, received_at))
+        return out
 
     def _map(self, rec: Record, received_at: str) -> MapResult:
         head = _msh_only(rec.value)
@@ -145,24 +163,52 @@ class MappingWorker(Worker):
 
 
 class StoreSink(Worker):
-    """fhir.<Type> envelopes → the embedded FHIR store (idempotent upserts)."""
+    """fhir.<Type> envelopes → the embedded FHIR store (idempotent upserts).
+
+    Each instance's embedded store is its own (a file under its data dir), so unlike the mapping
+    worker this consumer is NOT shared: its group carries the instance id and every instance reads
+    every ``fhir.*`` record. With Kafka, each instance's ``/fhir`` therefore shows the whole network.
+    """
 
     group = "store"
 
-    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, store: FhirStore) -> None:
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, store: FhirStore,
+                 instance_id: str = "") -> None:
         super().__init__(settings, log_, metrics, [settings.topic(fhir_topic(t)) for t in FHIR_TYPES])
         self.store = store
+        self.instance_id = instance_id
+
+    def consumer_group(self) -> str:
+        base = super().consumer_group()
+        return f"{base}-{self.instance_id}" if self.instance_id else base
 
     def handle(self, records: list[Record]) -> None:
-        resources: list[dict[str, Any]] = []
+        items: list[tuple[Record, dict[str, Any]]] = []
         for rec in records:
             try:
-                resources.append(json.loads(rec.value)["resource"])
-            except (ValueError, KeyError):
-                log.error("store sink: unreadable envelope %s", rec.ref)
-        if resources:
-            results = self.store.upsert_many(resources)
-            changed = sum(1 for _res, was_changed in results if was_changed)
-            self.metrics.inc("pivot_store_writes_total", changed, help_text="resources written",
-                             changed="true")
-            self.metrics.inc("pivot_store_writes_total", len(results) - changed, changed="false")
+                items.append((rec, json.loads(rec.value)["resource"]))
+            except (ValueError, KeyError, TypeError):
+                self._dead(rec, StoreError("unreadable fhir envelope"))
+        if not items:
+            return
+        try:
+            results = self.store.upsert_many([res for _rec, res in items])
+        except StoreError:  # one bad resource: write the others one by one, dead-letter the bad one
+            results = []
+            for rec, res in items:
+                try:
+                    results.extend(self.store.upsert_many([res]))
+                except StoreError as exc:
+                    self._dead(rec, exc)
+        changed = sum(1 for _res, was_changed in results if was_changed)
+        self.metrics.inc("pivot_store_writes_total", changed, help_text="resources written",
+                         changed="true")
+        self.metrics.inc("pivot_store_writes_total", len(results) - changed, changed="false")
+
+    def _dead(self, rec: Record, exc: GatewayError) -> None:
+        log.error("store sink: refused record %s error=%s", rec.ref, exc.code)
+        headers = deadletter_headers(stage="store", code=exc.code, hl7_code=exc.hl7_code, reason=exc.describe(),
+                                     sender=rec.headers.get("sender", ""), control_id=rec.headers.get("msh10", ""),
+                                     transport="eventlog", source_ref=rec.ref)
+        self.log.append(OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=rec.key,
+                                  headers=headers))

@@ -33,9 +33,14 @@ class FrameReader:
 
 
 def ack_field(ack: bytes, segment: str, field: int, encoding: str = "utf-8") -> str:
-    """Field ``field`` of the first ``segment`` of an ACK (MSA-1 = ack_field(a, 'MSA', 1))."""
-    for line in ack.decode(encoding).replace("\n", "\r").split("\r"):
-        parts = line.split("|")
+    """Field ``field`` of the first ``segment`` of an ACK (MSA-1 = ack_field(a, 'MSA', 1)).
+
+    The field separator is read from the ACK's MSH-1: an ACK answers in the sender's delimiters.
+    """
+    text = ack.decode(encoding)
+    sep = text[3] if text.startswith("MSH") and len(text) > 3 else "|"
+    for line in text.replace("\n", "\r").split("\r"):
+        parts = line.split(sep)
         if parts[0] == segment:
             return parts[field] if len(parts) > field else ""
     return ""

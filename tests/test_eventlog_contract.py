@@ -160,6 +160,20 @@ def test_uncommitted_records_are_delivered_again(impl: LogUnderTest) -> None:
     assert sorted(values(got)) == sorted(b"b-%d" % i for i in range(5))
 
 
+def test_a_silent_topic_never_holds_back_the_others(impl: LogUnderTest) -> None:
+    """A consumer of several topics, one of which never gets a record, still reads everything
+    (regression: the embedded log once started every fetch at the lowest topic position)."""
+    busy, silent = impl.topic("fhir.Encounter"), impl.topic("fhir.PractitionerRole")
+    log = impl.open()
+    log.append_many([OutRecord(busy, b"%04d" % i, key=b"p%d" % (i % 7)) for i in range(1200)])
+    consumer = log.consumer(impl.topic("g-silent"), [busy, silent])
+    try:
+        got = drain(consumer, 1200, timeout_s=60)
+    finally:
+        consumer.close()
+    assert sorted(values(got)) == [b"%04d" % i for i in range(1200)]
+
+
 def test_read_all_returns_every_record_of_one_topic_only(impl: LogUnderTest) -> None:
     topic, other = impl.topic("deadletter"), impl.topic("fhir.Patient")
     log = impl.open()

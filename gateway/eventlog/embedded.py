@@ -202,17 +202,21 @@ class EmbeddedConsumer:
             self._log.wait_for_change(min(remaining, _RECHECK_S))
 
     def _fetch(self, max_records: int) -> list[Record]:
-        low = min(self._positions.values()) if self._positions else 0
-        marks = ",".join("?" for _ in self._topics)
+        """The next records after each topic's own position, in log order.
+
+        One ``(topic = ? AND seq > ?)`` term per topic (each uses the (topic, seq) index): a topic
+        that never receives anything must not hold the others back.
+        """
+        if not self._topics:
+            return []
+        terms = " OR ".join("(topic = ? AND seq > ?)" for _ in self._topics)
+        args: list[object] = []
+        for topic in self._topics:
+            args.extend((topic, self._positions[topic]))
         rows = self._conn.execute(
-            f"SELECT seq, topic, key, value, headers, ts FROM records WHERE seq > ? AND topic IN ({marks}) "  # noqa: S608
-            "ORDER BY seq LIMIT ?", (low, *self._topics, max_records * 2)).fetchall()
-        out: list[Record] = []
-        for row in rows:
-            if row[0] > self._positions[row[1]]:
-                out.append(_record(row))
-                if len(out) >= max_records:
-                    break
+            f"SELECT seq, topic, key, value, headers, ts FROM records WHERE {terms} "  # noqa: S608
+            "ORDER BY seq LIMIT ?", (*args, max_records)).fetchall()
+        out = [_record(row) for row in rows]
         for rec in out:
             self._positions[rec.topic] = rec.offset
         return out

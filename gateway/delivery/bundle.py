@@ -1,0 +1,103 @@
+"""The delivery unit: one FHIR ``transaction`` Bundle per source HL7v2 message.
+
+``message_bundle(resources, sender=…, control_id=…)`` is pure and deterministic (no wall clock,
+no random): the same message always gives byte-identical JSON, so a replay is harmless.
+
+- ``Bundle.id`` = a hash of sender + MSH-10.
+- Each entry's ``fullUrl`` is ``urn:uuid:<uuid5 of Type/id>`` and every reference between entries
+  (``Patient/<id>``) is rewritten to it: the server resolves them inside the transaction, whatever
+  logical ids it ends up keeping (see README.md: conditional update may match a resource that
+  already exists under another id).
+- ``request``: ``PUT <Type>?identifier=<system>|<value>`` (conditional update on the first
+  identifier having a system and a value, FHIR search escaping then URL encoding) for resources with
+  an identifier; ``PUT <Type>/<id>`` otherwise. Resources keep their deterministic ``id`` in the
+  body: a server honouring client ids (conditional update that matches nothing) stores them as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+JSON = dict[str, Any]
+
+BUNDLE_TOPIC = "fhir.Bundle"
+"""Topic name (before PIVOT_KAFKA_TOPIC_PREFIX) of the per-message transaction Bundles."""
+
+_NAMESPACE = uuid.UUID("6f1f6a52-6f1c-5b4e-9a51-8d0c1e4f7a10")  # fixed: urn:uuids never change
+
+
+def entry_urn(resource_type: str, resource_id: str) -> str:
+    """The ``fullUrl`` of a resource inside a bundle: a name-based UUID of ``Type/id``."""
+    return f"urn:uuid:{uuid.uuid5(_NAMESPACE, f'{resource_type}/{resource_id}')}"
+
+
+def bundle_id(sender: str, control_id: str) -> str:
+    """Stable Bundle id of one source message (32 hex digits of SHA-256 of sender|MSH-10)."""
+    return hashlib.sha256(f"{sender}|{control_id}".encode()).hexdigest()[:32]
+
+
+def search_escape(text: str) -> str:
+    """Escape FHIR search separators (``\\``, ``,``, ``|``, ``$``) in a token's system or value."""
+    out = text.replace("\\", "\\\\")
+    for ch in ",|$":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def identifier_url(resource: JSON) -> str | None:
+    """``Type?identifier=system|value`` of the first identifier with a system and a value, or None."""
+    for ident in resource.get("identifier") or []:
+        if isinstance(ident, dict) and ident.get("system") and ident.get("value"):
+            token = f"{search_escape(str(ident['system']))}|{search_escape(str(ident['value']))}"
+            return f"{resource['resourceType']}?identifier={quote(token, safe='')}"
+    return None
+
+
+def iter_references(node: Any) -> Iterator[JSON]:
+    """Every ``Reference`` object (a dict with a string ``reference``) inside a resource."""
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                yield from iter_references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from iter_references(item)
+
+
+def message_bundle(resources: list[JSON], *, sender: str, control_id: str) -> JSON:
+    """The transaction Bundle of all resources mapped from one message (see module docstring).
+
+    Input resources are not modified. A resource listed twice (same type and id) appears once, at
+    its first position, with its last content.
+    """
+    unique: dict[str, JSON] = {}
+    for res in resources:
+        unique[f"{res['resourceType']}/{res['id']}"] = res
+    urns = {key: entry_urn(*key.split("/", 1)) for key in unique}
+    entries = []
+    for key, res in unique.items():
+        body = copy.deepcopy(res)
+        for ref in iter_references(body):
+            target = urns.get(ref["reference"])
+            if target is not None:
+                ref["reference"] = target
+        url = identifier_url(body) or key
+        entries.append({"fullUrl": urns[key], "resource": body, "request": {"method": "PUT", "url": url}})
+    return {"resourceType": "Bundle", "id": bundle_id(sender, control_id), "type": "transaction",
+            "entry": entries}
+
+
+def patient_key(bundle: JSON) -> bytes | None:
+    """The partition key of a bundle: the id of its Patient entry (None when it has none)."""
+    for entry in bundle.get("entry") or []:
+        res = entry.get("resource") or {}
+        if res.get("resourceType") == "Patient" and res.get("id"):
+            return str(res["id"]).encode()
+    return None

@@ -1,0 +1,19 @@
+"""The embedded FHIR R4 store (SQLite) behind ``/fhir``.
+
+    store.py         FhirStore: versioned resources, history, reads, one-transaction writes
+    writer.py        Writer: put / delete / conditional look-ups inside one transaction
+    params.py        search parameters as data (drives the index, the search, the CapabilityStatement)
+    extract.py       index rows extracted from a resource on write
+    query.py         request parameters → checked query (SQL clauses, result options, page tokens)
+    search.py        running queries: keyset paging, _include, history
+    dates.py         FHIR dates as millisecond ranges, search prefixes
+    interactions.py  one interaction (read, search, create, update, conditional, delete)
+    transaction.py   transaction and batch Bundles
+    bundles.py       searchset / history / response Bundles, OperationOutcome
+    capability.py    the CapabilityStatement
+"""
+
+from gateway.fhirstore.store import FhirStore
+from gateway.fhirstore.writer import Outcome
+
+__all__ = ["FhirStore", "Outcome"]

@@ -1,0 +1,38 @@
+"""What a mapping receives (MapContext) and returns (MapResult)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mappings.config import IdentifierSystems, Profile
+
+JSON = dict[str, Any]
+
+
+@dataclass(slots=True)
+class MapContext:
+    """Sender profile, identifier systems and reception time of one message.
+
+    ``received_at`` is informative only: the mapping never reads it (nor the wall clock), so the
+    resources are a pure function of the message and the configuration.
+    """
+
+    profile: Profile
+    systems: IdentifierSystems
+    received_at: datetime
+
+
+@dataclass(slots=True)
+class MapResult:
+    """Validated FHIR R4 resources (plain JSON), the Patient id (Kafka key), unmapped segment ids,
+    and the message's type and trigger (MSH-9.1, MSH-9.2) and sender (MSH-3|MSH-4) for the rules."""
+
+    resources: list[JSON] = field(default_factory=list)
+    patient_id: str | None = None
+    unmapped_segments: list[str] = field(default_factory=list)
+    message_code: str = ""
+    trigger: str = ""
+    sender: str = ""
+    control_id: str = ""

@@ -1,0 +1,136 @@
+"""PV1 (+ PV2) -> Encounter, with its Location and Practitioner resources.
+
+IG rows: segments/PV1--Encounter.csv, segments/PV2--Encounter.csv, vocab/PatientClass--EncounterClass.csv,
+vocab/PatientClass--EncounterStatus.csv, vocab/Event--EncounterStatus.csv.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.hl7v2.tokenizer import Segment
+from mappings.codemaps import codemap
+from mappings.datatypes.entities import pl_to_location, xcn_to_practitioner
+from mappings.datatypes.identifiers import cx_to_identifier, identifier_key
+from mappings.datatypes.primitives import value
+from mappings.ids import ref_to, stable_id
+from mappings.segments.common import Env, cwe
+
+JSON = dict[str, Any]
+_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+_PARTICIPANTS = ((7, "ATND", "attender"), (8, "REF", "referrer"), (9, "CON", "consultant"), (17, "ADM", "admitter"))
+_V2 = "http://terminology.hl7.org/CodeSystem/v2-"
+
+
+def encounter_status(trigger: str, pv1: Segment) -> str:
+    """Status by trigger (event-encounter-status map: A03 finished, A11 cancelled…); for other
+    triggers (A08…) PV1-45 valued -> finished, else by PV1-2 (patient-class-status map)."""
+    by_event = codemap("event-encounter-status").get(trigger)
+    if by_event is not None:
+        return by_event.code
+    if value(pv1.get(45, 1)):
+        return "finished"
+    target = codemap("patient-class-status").get(value(pv1.get(2)))
+    return target.code if target is not None else "unknown"
+
+
+def encounter_id(identifier: JSON | None, patient_id: str, when: str) -> str:
+    """Encounter id from the visit number (PV1-19 system|value), else Patient id + start time text."""
+    if identifier is not None:
+        return stable_id("Encounter", identifier_key(identifier))
+    return stable_id("Encounter", "patient", patient_id, when)
+
+
+def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, period_rule: str) -> list[JSON]:
+    """PV1 -> [Encounter, Location…, Practitioner…].
+
+    class PV1-2 (patient-class map, unmapped -> v3-NullFlavor UNK); status (encounter_status);
+    identifier PV1-19 (type VN); type PV1-4; serviceType PV1-10; location PV1-3 (active, completed
+    when finished) and PV1-6 (prior, completed); participant PV1-7 ATND / PV1-8 REF / PV1-9 CON /
+    PV1-17 ADM; hospitalization admitSource PV1-14, dischargeDisposition PV1-36; period PV1-44/45,
+    else ``event_time`` (EVN-6/EVN-2, already converted) as start or end per ``period_rule``
+    ("start", "end", "clear-end" or "").
+    """
+    status = encounter_status(env.trigger, seg)
+    visit_rep = seg.rep(19)
+    visit = (cx_to_identifier(visit_rep, env.systems, env.site, env.zone, env.where(seg, 19), visit=True, nam=False)
+             if visit_rep is not None else None)
+    if visit is not None and "type" not in visit:
+        visit = {"type": {"coding": [{"system": _V2 + "0203", "code": "VN"}]}, **visit}
+    start, end = env.time(seg, 44), env.time(seg, 45)
+    if not start and period_rule == "start":
+        start = event_time
+    if not end and period_rule == "end":
+        end = event_time
+    if period_rule == "clear-end":
+        end = ""
+    klass = codemap("patient-class").get(value(seg.get(2)))
+    encounter: JSON = {"resourceType": "Encounter",
+                       "id": encounter_id(visit, patient_id, value(seg.get(44, 1)) or event_time)}
+    if visit is not None:
+        encounter["identifier"] = [visit]
+    encounter["status"] = status
+    encounter["class"] = klass.coding() if klass is not None else {}
+    extra: list[JSON] = []
+    admission_type = cwe(seg, 4, _V2 + "0007")
+    if admission_type is not None:
+        encounter["type"] = [admission_type]
+    service = cwe(seg, 10, _V2 + "0069")
+    if service is not None:
+        encounter["serviceType"] = service
+    encounter["subject"] = {"reference": f"Patient/{patient_id}"}
+    participants = _participants(seg, env, extra)
+    if participants:
+        encounter["participant"] = participants
+    if start or end:
+        encounter["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    hospitalization = _hospitalization(seg)
+    if hospitalization:
+        encounter["hospitalization"] = hospitalization
+    locations = _locations(seg, env, status, extra)
+    if locations:
+        encounter["location"] = locations
+    return [encounter, *extra]
+
+
+def _participants(seg: Segment, env: Env, extra: list[JSON]) -> list[JSON]:
+    out: list[JSON] = []
+    for field, code, display in _PARTICIPANTS:
+        for rep in seg.reps(field):
+            doctor = xcn_to_practitioner(rep, env.systems, env.site)
+            if doctor is None:
+                continue
+            extra.append(doctor)
+            out.append({"type": [{"coding": [{"system": _PARTICIPATION, "code": code, "display": display}]}],
+                        "individual": ref_to(doctor)})
+    return out
+
+
+def _hospitalization(seg: Segment) -> JSON:
+    out: JSON = {}
+    source = codemap("admit-source").concept(value(seg.get(14)))
+    if source is not None:
+        out["admitSource"] = source
+    disposition = codemap("discharge-disposition").concept(value(seg.get(36)))
+    if disposition is not None:
+        out["dischargeDisposition"] = disposition
+    return out
+
+
+def _locations(seg: Segment, env: Env, status: str, extra: list[JSON]) -> list[JSON]:
+    out: list[JSON] = []
+    current = "completed" if status in ("finished", "cancelled") else "planned" if status == "planned" else "active"
+    for field, loc_status in ((3, current), (6, "completed")):
+        rep = seg.rep(field)
+        loc = pl_to_location(rep, env.site) if rep is not None else None
+        if loc is not None:
+            extra.append(loc)
+            out.append({"location": ref_to(loc), "status": loc_status})
+    return out
+
+
+def pv2_to_encounter(seg: Segment, encounter: JSON) -> None:
+    """PV2-3 admit reason -> Encounter.reasonCode (CWE)."""
+    reason = cwe(seg, 3)
+    if reason is not None:
+        encounter["reasonCode"] = [reason]
