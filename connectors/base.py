@@ -15,10 +15,15 @@ from gateway.errors import GatewayError
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a message came from: transport name and peer (address, file name, topic)."""
+    """Where a message came from: transport name, peer (address, file name, topic) and identity.
+
+    ``identity`` is the authenticated sender (HTTP token's client id, MLLP client certificate's
+    client id); empty for an anonymous sender the transport accepted on purpose.
+    """
 
     transport: str
     peer: str = ""
+    identity: str = ""
 
 
 @dataclass(slots=True)

@@ -62,7 +62,7 @@ class HttpConnector:
             body = await request.body()
             peer = f"{request.client.host}:{request.client.port}" if request.client else ""
             receiver = self.get_receiver()
-            origin = Origin(TRANSPORT, peer)
+            origin = Origin(TRANSPORT, peer, identity=str(getattr(request.state, "pivot_client_id", "") or ""))
             if len(body) > self.max_bytes:
                 error = ParseError(f"message larger than the {self.max_bytes}-byte limit", hl7_code="207")
                 reply: Reply = await run_in_threadpool(receiver.refuse, body[:_HEAD_KEPT], error, origin)

@@ -15,6 +15,12 @@ What real feeds do, and what this listener does about it:
 - a silent connection → closed after ``idle_timeout_s``; more than ``max_connections`` at once →
   the newcomer is closed at once (logged, counted).
 
+TLS: given an ``ssl.SSLContext`` the listener speaks MLLP over TLS (the handshake must finish
+within ``handshake_timeout_s``; an untrusted or missing client certificate, when the context
+demands one, fails it and the message never reaches the intake). ``identify`` maps the peer
+certificate (``getpeercert()``) to the sender identity put in ``Origin.identity`` (default: the
+subject CN).
+
 Per connection, messages are handled one at a time in arrival order, so ACKs come back in order.
 The intake call blocks until the message is durable; it runs in a thread pool so that one slow
 connection never blocks the others. Enhanced mode (MSH-15/16) gives a commit ACK and then an
@@ -26,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import ssl
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from connectors.base import Origin, Receiver, Reply
 from gateway.errors import ParseError
@@ -126,7 +134,9 @@ class MllpServer:
 
     def __init__(self, receiver: Receiver, *, host: str, port: int, max_message_bytes: int = 2 * 1024 * 1024,
                  idle_timeout_s: float = 300.0, max_connections: int = 200, metrics: Metrics | None = None,
-                 workers: int = 32) -> None:
+                 workers: int = 32, ssl_context: ssl.SSLContext | None = None,
+                 identify: Callable[[dict[str, Any] | None], str] | None = None,
+                 handshake_timeout_s: float = 10.0) -> None:
         self.receiver = receiver
         self.host = host
         self.port = port
@@ -134,15 +144,20 @@ class MllpServer:
         self.idle_timeout_s = idle_timeout_s
         self.max_connections = max_connections
         self.metrics = metrics or Metrics()
+        self.ssl_context = ssl_context
+        self.identify = identify or _subject_cn
+        self.handshake_timeout_s = handshake_timeout_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pivot-mllp")
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_READ_SIZE)
+        tls: dict[str, Any] = ({"ssl": self.ssl_context, "ssl_handshake_timeout": self.handshake_timeout_s}
+                               if self.ssl_context is not None else {})
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=_READ_SIZE, **tls)
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
-        log.info("MLLP listening on %s:%d", self.host, self.port)
+        log.info("MLLP listening on %s:%d%s", self.host, self.port, " (TLS)" if self.ssl_context else "")
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -185,7 +200,11 @@ class MllpServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
         parser = FrameParser(self.max_message_bytes)
-        origin = Origin(TRANSPORT, peer)
+        identity = ""
+        if self.ssl_context is not None:
+            cert = writer.get_extra_info("peercert")
+            identity = self.identify(cert if isinstance(cert, dict) and cert else None)
+        origin = Origin(TRANSPORT, peer, identity=identity)
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -210,6 +229,15 @@ class MllpServer:
             if parser.noise > noise_before:
                 self.metrics.inc("pivot_mllp_noise_bytes_total", parser.noise - noise_before,
                                  help_text="bytes outside MLLP frames, dropped")
+
+
+def _subject_cn(cert: dict[str, Any] | None) -> str:
+    """The subject CN of a peer certificate (``getpeercert()`` form); '' without one."""
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return ""
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -27,6 +27,7 @@ from gateway.fhirstore import FhirStore
 from gateway.identity import IdentityResolver
 from gateway.intake import Intake, MapCache
 from gateway.metrics import Metrics
+from gateway.security import Security, check_startup, install_security
 from gateway.settings import Settings
 from gateway.workers import MappingWorker, StoreSink, Worker
 from mappings import IdentifierSystems, Profiles
@@ -58,13 +59,20 @@ class Gateway:
         self.profiles = Profiles.load(settings.sender_profiles, settings.default_timezone)
         self.systems = IdentifierSystems.load(settings.identifier_systems)
         self.log = open_log(settings)
+        self.security = Security(settings, event_log=self.log, metrics=self.metrics)
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
         self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
         self.cache = MapCache()
         self.identity = IdentityResolver(settings.data_dir)
-        self.rules = DefiSanteRules()
+        # Défi Santé: program data and conformance resources checked here (a bad file stops the start)
+        from gateway.defisante import conformance
+        from gateway.defisante.service import DefiSante
+
+        conformance.resources()
+        self.defisante = DefiSante(self.store, self.log, settings)
+        self.rules = DefiSanteRules(self.store, settings, self.defisante.config, self.metrics)
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
-                             self.cache, self.identity)
+                             self.cache, self.identity, authorize=self.security.authorize_message)
         self.workers: list[Worker] = []
         self.instance_id = _instance_id(settings.data_dir)
 
@@ -91,6 +99,7 @@ class Gateway:
             self.fhir_client.close()
         self.rules.close()
         self.identity.close()
+        self.security.close()  # drains the audit queue into the log: before the log closes
         self.log.close()
         self.store.close()
         self.dedupe.close()
@@ -106,13 +115,17 @@ def _instance_id(data_dir: Path) -> str:
 
 def create_app(gateway: Gateway) -> FastAPI:
     from connectors.http import make_hl7v2_router
+    from gateway.defisante.routes import make_defisante_router
     from gateway.http import install_fhir_error_handler, make_fhir_router
 
     app = FastAPI(title="Pivot gateway", version="0.1.0")
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
+    # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
+    app.include_router(make_defisante_router(lambda: gateway.defisante), prefix="/fhir")
     app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
     install_fhir_error_handler(app)
+    install_security(app, gateway.security)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -131,13 +144,16 @@ async def serve(settings: Settings) -> None:
 
     from connectors.mllp import MllpServer
 
+    for warning in check_startup(settings):  # ConfigError when exposed without auth / plain MLLP
+        log.warning("security: %s", warning)
     gateway = Gateway(settings)
     gateway.start_workers()
     app = create_app(gateway)
     mllp = MllpServer(gateway.intake, host=settings.host, port=settings.mllp_port,
                       max_message_bytes=settings.mllp_max_message_bytes,
                       idle_timeout_s=settings.mllp_idle_timeout_s,
-                      max_connections=settings.mllp_max_connections, metrics=gateway.metrics)
+                      max_connections=settings.mllp_max_connections, metrics=gateway.metrics,
+                      ssl_context=gateway.security.mllp_ssl, identify=gateway.security.certificate_identity)
     connectors: list[Any] = [mllp]
     if settings.kafka_raw_in_topic:
         if settings.embedded:

@@ -1,7 +1,10 @@
 """``pivot`` command line: serve, ingest files, dead letters.
 
     pivot serve                       run the gateway (embedded defaults, or Kafka per PIVOT_*)
-    pivot ingest FILE…                feed files of messages / FHS-BHS batches through the intake
+    pivot ingest FILE…                feed files of messages / FHS-BHS batches through the intake ('-': stdin)
+    pivot candidates [--csv]          Défi Santé: frequent ER users, ranked (gateway.defisante.commands)
+    pivot outcomes [--csv]            Défi Santé: ER visits before / since enrollment
+    pivot simulate …                  a simulated year of ER ADT and its ground truth
     pivot deadletter list             list dead letters (id, stage, codes, sender, MSH-10, reason)
     pivot deadletter replay ID…       send dead letters through the intake again
 """
@@ -29,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the gateway in the foreground (HTTP, MLLP, workers)")
     ing = sub.add_parser("ingest", help="ingest files of HL7v2 messages or FHS/BHS batches")
-    ing.add_argument("files", nargs="+", type=Path, help="files to read")
+    ing.add_argument("files", nargs="+", type=Path, help="files to read ('-' reads standard input)")
     ing.add_argument("--no-progress", action="store_true", help="no progress bar")
     ing.add_argument("--wait", action="store_true",
                      help="also run the mapping and store workers until everything ingested is stored")
@@ -39,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     rp = dls.add_parser("replay", help="send dead letters through the intake again")
     rp.add_argument("ids", nargs="+", help="ids shown by 'pivot deadletter list'")
     sub.add_parser("config", help="print the effective settings (no secrets)")
+    from gateway.security import audit_cli
+
+    audit_cli.add_parser(sub)
+    from gateway.defisante import commands as defisante_commands
+
+    defisante_commands.add_parsers(sub)
     return p
 
 
@@ -66,6 +75,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         asyncio.run(serve(settings))
         return 0
+    if args.command == "audit":
+        from gateway.security import audit_cli
+
+        return audit_cli.run(settings, args)
+    if args.command in ("candidates", "outcomes", "simulate"):
+        from gateway.defisante import commands as defisante_commands
+
+        return defisante_commands.run(args.command, args, settings)
     if args.command == "config":
         for name, value in settings.model_dump().items():
             print(f"PIVOT_{name.upper()}={value if value is not None else ''}")
@@ -86,7 +103,22 @@ def _ingest(gateway: object, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
 
     assert isinstance(gateway, Gateway)
-    summary = ingest_files(list(args.files), gateway.intake, progress=not args.no_progress)
+    files = list(args.files)
+    spool: Path | None = None
+    if Path("-") in files:  # standard input (e.g. `pivot simulate | pivot ingest -`): spooled to a 0600 file
+        import os
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".hl7", dir=gateway.settings.data_dir)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(sys.stdin.buffer.read())
+        spool = Path(name)
+        files = [spool if f == Path("-") else f for f in files]
+    try:
+        summary = ingest_files(files, gateway.intake, progress=not args.no_progress)
+    finally:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
     if args.wait:
         gateway.start_workers()
         from gateway.drain import wait_drained

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from connectors.base import Origin, Reply
@@ -61,7 +62,8 @@ class Intake:
 
     def __init__(self, settings: Settings, log_: EventLog, dedupe: DedupeIndex, profiles: Profiles,
                  systems: IdentifierSystems, metrics: Metrics, cache: MapCache,
-                 identity: IdentityResolver | None = None) -> None:
+                 identity: IdentityResolver | None = None,
+                 authorize: Callable[[str, Message], None] | None = None) -> None:
         self.settings = settings
         self.log = log_
         self.dedupe = dedupe
@@ -70,6 +72,7 @@ class Intake:
         self.metrics = metrics
         self.cache = cache
         self.identity = identity or IdentityResolver()
+        self.authorize = authorize  # per-sender allow-list (gateway.security), None = everyone
         self.topic_in = settings.topic("hl7v2.in")
         self.topic_dead = settings.topic("deadletter")
 
@@ -99,6 +102,11 @@ class Intake:
             check_supported(msg)
         except GatewayError as exc:
             return self._reject(raw, None, exc, origin, sender)
+        if self.authorize is not None:
+            try:
+                self.authorize(origin.identity, msg)
+            except GatewayError as exc:  # AR 207, dead letter at stage "forbidden"
+                return self._reject(raw, msg, exc, origin, msg.sender)
         sender = msg.sender
         control_id = msg.control_id
         if not control_id:

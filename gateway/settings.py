@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     default_timezone: str = Field("America/Montreal", description="zone of offset-less timestamps")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     workers: bool = Field(True, description="run the mapping and store consumers in this process")
+    auth: str = Field("none", description="HTTP auth: none, or a comma list of tokens, smart, jwt")
+    auth_tokens_file: Path | None = Field(None, description="JSON secrets file: sha256(token) -> client, scopes")
+    auth_clients_file: Path | None = Field(None, description="JSON file of registered clients (keys, scopes, senders)")
+    auth_issuers_file: Path | None = Field(None, description="JSON file of trusted external JWT issuers + JWKS URLs")
+    auth_token_url: str = Field("", description="public URL of POST /auth/token (assertion aud); empty = as called")
+    auth_token_lifetime_s: int = Field(300, ge=30, le=3600, description="lifetime of tokens we issue")
+    mllp_tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the MLLP TLS listener")
+    mllp_tls_key: Path | None = Field(None, description="PEM private key of the MLLP TLS certificate")
+    mllp_tls_client_ca: Path | None = Field(None, description="PEM CA bundle that signs MLLP client certs")
+    mllp_tls_require_client_cert: bool = Field(False, description="MLLP mTLS: refuse clients without a cert")
+    mllp_plain: bool = Field(False, description="allow plain (non-TLS) MLLP on a non-loopback address")
 
     @property
     def embedded(self) -> bool:

@@ -5,6 +5,8 @@ this project), the test says so plainly: the same scenario then runs against a K
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 import time
@@ -42,17 +44,24 @@ def docker_setup() -> list[str]:
     return ["up --build -d"]
 
 
-def test_compose_stack_end_to_end(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compose_stack_end_to_end(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                                  tmp_path: Path) -> None:
     why = _docker_engine()
     if why:
         pytest.skip(f"{why}: the compose stack cannot run here; the same scenario runs against tansu "
                     "(test_e2e_kafka.py) and sekmet-fhir (test_delivery_*.py)")
     monkeypatch.setenv("HAPI_DB_PASSWORD", "pivot-test-only")
+    token = "compose-test-token"
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({hashlib.sha256(token.encode()).hexdigest(): {
+        "client_id": "compose-test", "scopes": ["system/hl7v2.c", "system/*.rs"], "facilities": ["*"], "messages": ["*"]}}))
+    monkeypatch.setenv("PIVOT_TOKENS_FILE", str(tokens))
     services: Any = request.getfixturevalue("docker_services")
     base = f"http://127.0.0.1:{services.port_for('gateway', 8080)}"
     services.wait_until_responsive(timeout=600, pause=5,
                                    check=lambda: httpx.get(f"{base}/healthz", timeout=3).status_code == 200)
-    resp = httpx.post(f"{base}/hl7v2", content=er_message(1), headers={"Content-Type": "text/plain"}, timeout=30)
+    resp = httpx.post(f"{base}/hl7v2", content=er_message(1), timeout=30,
+                      headers={"Content-Type": "text/plain", "Authorization": f"Bearer {token}"})
     assert b"MSA|AA" in resp.content
     hapi = f"http://127.0.0.1:{services.port_for('hapi', 8080)}/fhir"
     deadline = time.monotonic() + 120

@@ -1,0 +1,216 @@
+"""Where AuditEvents go: ``audit.sqlite`` under the data dir (0600), then the ``audit`` topic.
+
+    request ── submit(AccessRecord) ──► queue ──► writer thread: build AuditEvent, INSERT (group
+                 ▲                                 commit, synchronous=FULL), resolve the futures
+                 └──── awaits the future (bounded) ─┘   then publish unpublished rows to the topic
+
+Losses policy: **none**. The HTTP layer holds the response until its AuditEvent is committed; if
+that fails or takes longer than ``timeout_s`` the client gets 503 instead of the data (an access
+that cannot be audited is not served). The SQLite table is also the outbox of the topic: a row is
+marked published only after the event log stored it, so an event-log outage delays publication
+and loses nothing (at least once on the topic: consumers dedupe on the AuditEvent id). ``close``
+drains the queue. Nothing here logs an event's content: only counts and exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future, InvalidStateError
+from pathlib import Path
+from typing import Any
+
+from gateway.eventlog.base import EventLog, OutRecord
+from gateway.eventlog.embedded import secure_file
+from gateway.metrics import Metrics
+from gateway.security.audit import AccessRecord, build_audit_event
+
+log = logging.getLogger("pivot.audit")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, recorded TEXT NOT NULL,
+  client TEXT NOT NULL, subtype TEXT NOT NULL, outcome TEXT NOT NULL, body TEXT NOT NULL,
+  published INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS audit_recorded ON audit(recorded);
+CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq);
+CREATE TABLE IF NOT EXISTS audit_patient (seq INTEGER NOT NULL, patient TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_patient_idx ON audit_patient(patient, seq);
+"""
+_BATCH = 500
+_Item = tuple[AccessRecord, "Future[str]"]
+
+
+def open_audit_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """The audit database (created 0600 with its side files when writing)."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+    secure_file(path)
+    old = os.umask(0o077)
+    try:
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+    finally:
+        os.umask(old)
+    return conn
+
+
+class AuditTrail:
+    """Durable AuditEvents with a background writer; ``record`` awaits durability (bounded)."""
+
+    def __init__(self, path: Path, event_log: EventLog | None = None, topic: str = "pivot.audit", *,
+                 metrics: Metrics | None = None, timeout_s: float = 10.0) -> None:
+        self.path = path
+        self.event_log = event_log
+        self.topic = topic
+        self.metrics = metrics or Metrics()
+        self.timeout_s = timeout_s
+        self._conn = open_audit_db(path)
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # -- request side ----------------------------------------------------------------------------
+    def submit(self, record: AccessRecord) -> Future[str]:
+        """Queue one access; the future gives the AuditEvent id once committed."""
+        future: Future[str] = Future()
+        if self._closed:
+            future.set_exception(RuntimeError("audit trail closed"))
+            return future
+        self._queue.put((record, future))
+        return future
+
+    async def record(self, record: AccessRecord) -> bool:
+        """Queue one access and wait (without blocking the event loop) until it is durable."""
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(self.submit(record)), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not audited": the caller refuses
+            self.metrics.inc("pivot_audit_failures_total", help_text="accesses refused: audit not durable")
+            log.error("audit write failed: %s", type(exc).__name__)
+            return False
+        return True
+
+    # -- writer ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._publish()
+                continue
+            batch: list[_Item] = []
+            for item in [first, *self._drain()]:
+                if item is None:
+                    stop = True
+                else:
+                    batch.append(item)
+            if batch:
+                self._write(batch)
+            self._publish()
+
+    def _drain(self) -> list[_Item | None]:
+        items: list[_Item | None] = []
+        while len(items) < _BATCH:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _write(self, batch: list[_Item]) -> None:
+        rows = []
+        for record, future in batch:
+            try:
+                event, patients = build_audit_event(record)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not sink the batch
+                _settle(future, error=exc)
+                continue
+            rows.append((event, patients, future))
+        try:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for event, patients, _ in rows:
+                    cur = conn.execute(
+                        "INSERT INTO audit(id, recorded, client, subtype, outcome, body) VALUES (?,?,?,?,?,?)",
+                        (event["id"], event["recorded"], event["agent"][0]["who"]["display"],
+                         event["subtype"][0]["code"], event["outcome"], json.dumps(event, separators=(",", ":"))))
+                    conn.executemany("INSERT INTO audit_patient(seq, patient) VALUES (?, ?)",
+                                     [(cur.lastrowid, p) for p in patients])
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            for _, _, future in rows:
+                _settle(future, error=exc)
+            return
+        self.metrics.inc("pivot_audit_events_total", len(rows), help_text="AuditEvents recorded")
+        for event, _, future in rows:
+            _settle(future, event["id"])
+
+    def _publish(self) -> None:
+        """Append unpublished AuditEvents to the topic, oldest first; retried on the next round."""
+        if self.event_log is None:
+            return
+        try:
+            rows = self._conn.execute("SELECT seq, id, body FROM audit WHERE published = 0 ORDER BY seq LIMIT ?",
+                                      (_BATCH,)).fetchall()
+            if not rows:
+                return
+            self.event_log.append_many([OutRecord(topic=self.topic, value=body.encode("utf-8"), key=rid.encode(),
+                                                  headers={"content-type": "application/fhir+json"})
+                                        for _, rid, body in rows])
+            self._conn.executemany("UPDATE audit SET published = 1 WHERE seq = ?", [(seq,) for seq, _, _ in rows])
+        except Exception as exc:  # noqa: BLE001 - the log may be down: keep the rows, retry later
+            self.metrics.inc("pivot_audit_publish_failures_total", help_text="audit topic appends that failed")
+            log.warning("audit publish deferred: %s", type(exc).__name__)
+
+    def close(self) -> None:
+        """Write and publish everything queued, then close the database."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+
+def _settle(future: Future[str], value: str = "", error: BaseException | None = None) -> None:
+    """Resolve a future unless its waiter gave up (cancelled it)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+def query_audit(path: Path, *, patient: str = "", since: str = "", limit: int = 10000) -> list[dict[str, Any]]:
+    """AuditEvents naming ``patient`` (``Patient/x`` or ``x``) recorded at or after ``since`` (ISO)."""
+    conn = open_audit_db(path, readonly=True)
+    try:
+        if patient:
+            ref = patient if patient.startswith("Patient/") else f"Patient/{patient}"
+            rows = conn.execute("SELECT a.body FROM audit a JOIN audit_patient p ON p.seq = a.seq "
+                                "WHERE p.patient = ? AND a.recorded >= ? ORDER BY a.seq LIMIT ?",
+                                (ref, since, limit)).fetchall()
+        else:
+            rows = conn.execute("SELECT body FROM audit WHERE recorded >= ? ORDER BY seq LIMIT ?",
+                                (since, limit)).fetchall()
+    finally:
+        conn.close()
+    return [json.loads(body) for (body,) in rows]

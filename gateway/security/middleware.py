@@ -1,0 +1,203 @@
+"""The HTTP guard: one ASGI middleware that authenticates, authorises and audits every request.
+
+    request ─ token endpoint / discovery? ──────────────► our token router (token_endpoint.py)
+            ─ open path (healthz, metadata)? ───────────► app
+            ─ Authorization: Bearer … valid? ──✗── 401 OperationOutcome + WWW-Authenticate
+            ─ every access of the request in the scopes? ──✗── 403 OperationOutcome (insufficient_scope)
+            ─ app (client id in ``request.state.pivot_client_id``)
+            ─ audited route? response held until its AuditEvent is durable (else 503)
+
+Denials on audited routes are audited too. A bundle's accesses are read from its body (kept and
+replayed to the app). Nothing here logs a token, a header value or a body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+
+from gateway.envelope import now_iso
+from gateway.security.access import Access, Route, bundle_accesses, classify
+from gateway.security.audit import AccessRecord
+from gateway.security.clients import Principal
+from gateway.security.scopes import permits, required_scope
+from gateway.security.verify import Unauthorized
+
+if TYPE_CHECKING:
+    from gateway.security import Security
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+STATE_CLIENT_ID = "pivot_client_id"
+ENDPOINT_PATHS = frozenset({"/auth/token", "/auth/jwks", "/.well-known/smart-configuration",
+                            "/fhir/.well-known/smart-configuration"})
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+_REALM = 'Bearer realm="pivot"'
+
+
+def _outcome(status: int, code: str, text: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, list[
+        tuple[bytes, bytes]]]:
+    body = json.dumps({"resourceType": "OperationOutcome",
+                       "issue": [{"severity": "error", "code": code, "diagnostics": text}]}).encode()
+    raw = [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return status, body, raw
+
+
+async def _send_outcome(send: Send, status: int, code: str, text: str, headers: dict[str, str] | None = None) -> None:
+    status, body, raw = _outcome(status, code, text, headers)
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+class SecurityMiddleware:
+    """ASGI middleware; ``security`` is a :class:`gateway.security.Security`."""
+
+    def __init__(self, app: ASGIApp, security: Security) -> None:
+        self.app = app
+        self.security = security
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        endpoints = self.security.endpoints
+        if endpoints is not None and path in ENDPOINT_PATHS:
+            await endpoints(scope, receive, send)
+            return
+        route = classify(scope.get("method", "GET"), path)
+        if route.open:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else ""
+        try:
+            principal = await self._authenticate(scope)
+        except Unauthorized as exc:
+            await self._deny(scope, route, send, 401, "login", exc.reason, address, "",
+                             {"WWW-Authenticate": f'{_REALM}, error="invalid_token"' if exc.reason != "missing"
+                              else _REALM})
+            return
+        accesses = route.accesses
+        if route.bundle:
+            body = await _read_body(receive)
+            if body is None:
+                await _send_outcome(send, 413, "too-costly", "request body too large")
+                return
+            accesses = bundle_accesses(body)
+            receive = _replay(body, receive)
+        missing = [a for a in accesses if not _allowed(principal, a)]
+        if missing:
+            need = " ".join(required_scope(a.rtype, a.letters) for a in missing[:5])
+            await self._deny(scope, route, send, 403, "forbidden", f"insufficient scope: needs {need}", address,
+                             principal.client_id,
+                             {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope", scope="{need}"'})
+            return
+        # the sender identity of POST /hl7v2: empty for the anonymous principal of PIVOT_AUTH=none
+        scope.setdefault("state", {})[STATE_CLIENT_ID] = principal.client_id if principal.method != "none" else ""
+        if route.audit is None:
+            await self.app(scope, receive, send)
+            return
+        await self._audited(scope, receive, send, route, principal, address)
+
+    async def _authenticate(self, scope: Scope) -> Principal:
+        authn = self.security.authenticator
+        if not authn.enabled:
+            return self.security.anonymous
+        header = _header(scope, b"authorization")
+        kind, _, token = header.partition(" ")
+        if not header:
+            raise Unauthorized("missing")
+        if kind.lower() != "bearer" or not token.strip():
+            raise Unauthorized("expected a Bearer token")
+        return await run_in_threadpool(authn.authenticate, token.strip())
+
+    async def _deny(self, scope: Scope, route: Route, send: Send, status: int, code: str, reason: str,
+                    address: str, client_id: str, headers: dict[str, str]) -> None:
+        text = "authentication required" if reason == "missing" else reason
+        if route.audit is not None:
+            await self.security.audit.record(AccessRecord(
+                route.audit, status, client_id or "unauthenticated", address, now_iso(),
+                query=scope.get("query_string", b"").decode("latin-1"), denied=text))
+        self.security.metrics.inc("pivot_http_denied_total", help_text="HTTP requests refused by auth",
+                                  status=str(status))
+        await _send_outcome(send, status, code, text, headers)
+
+    async def _audited(self, scope: Scope, receive: Receive, send: Send, route: Route, principal: Principal,
+                       address: str) -> None:
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        status = 500
+        try:
+            await self.app(scope, receive, hold)
+        finally:
+            start = next((m for m in held if m["type"] == "http.response.start"), None)
+            if start is not None:
+                status = int(start["status"])
+            body = b"".join(bytes(m.get("body", b"")) for m in held if m["type"] == "http.response.body")
+            location = next((bytes(v).decode("latin-1") for k, v in (start or {}).get("headers", [])
+                             if bytes(k).lower() == b"location"), "")
+            assert route.audit is not None
+            record = AccessRecord(route.audit, status, principal.client_id, address, now_iso(),
+                                  query=scope.get("query_string", b"").decode("latin-1"), body=body,
+                                  location=location)
+            durable = await self.security.audit.record(record)
+        if not durable:
+            await _send_outcome(send, 503, "transient", "the access could not be audited; try again",
+                                {"Retry-After": "5"})
+            return
+        for message in held:
+            await send(message)
+
+
+def _allowed(principal: Principal, access: Access) -> bool:
+    return all(permits(principal.scopes, access.rtype, letter) for letter in access.letters)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > MAX_BUNDLE_BYTES:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, upstream: Receive) -> Receive:
+    """A receive that gives the already-read body once, then defers to the real one (disconnects)."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await upstream()
+
+    return receive
