@@ -9,8 +9,9 @@ Fictitious people only. The population mixes:
 - **pregnancy-related repeaters** (0.5 %): women of 18–40 with 4–8 visits, all with an ICD-10-CA
   O-chapter diagnosis (bleeding in early pregnancy…): the program's own lesson, never listed;
 - data-quality cases real feeds have: the third site often sends no NAM (site MRN only) and fixes
-  it later with an A08; some registrations are cancelled (A11, never an ER visit); some people get
-  a second MRN at a site that is merged later (A40).
+  it later with an A08; some registrations are cancelled (A11, never an ER visit); some frequent
+  users get a second chart at the third site (new MRN, no NAM, never fixed) that an A40 merges
+  into their own a few hours or days later (``merged_nams`` in the ground truth).
 
 Each visit is an A04 (ER registration, PV1-2 E) and an A03 (discharge) a few hours later; one in
 ten is admitted (A01, PV1-2 I, then A03 days later). Messages come in time order. The ground
@@ -57,6 +58,7 @@ class Person:
     er_visits: int = 0
     cancelled: int = 0
     sites: set[int] = field(default_factory=set)
+    merged: int = 0  # visits registered under a second MRN, merged later by an A40
 
 
 @dataclass
@@ -104,6 +106,7 @@ def simulate(*, sites: int = 3, people: int = 5000, days: int = 365, seed: int =
         "pregnancy_nams": sorted(p.nam for p in population if p.kind == "pregnancy"),
         "er_visits": {p.nam: p.er_visits for p in population if p.er_visits},
         "multi_site_nams": sorted(p.nam for p in population if len(p.sites) > 1),
+        "merged_nams": sorted(p.nam for p in population if p.merged),
         "messages": len(out),
     }
     return Simulation(out, truth)
@@ -140,18 +143,23 @@ def _visit(rng: random.Random, p: Person, site: int, at: datetime, diag: tuple[s
     counter[0] += 1
     visit = f"V{code}{700000 + counter[0]}"
     no_nam = site == 2 and rng.random() < 0.5  # the third site often registers without the NAM
+    # now and then the third site opens a second chart (new MRN, no NAM) that an A40 merges later
+    duplicate = no_nam and p.kind == "frequent" and rng.random() < 0.25
+    if duplicate:
+        return _duplicate_chart_visit(rng, p, site, at, visit, diag, counter)
     events = [(at, "A04", _msg(p, site, at, "A04", "E", visit, diag, counter, with_nam=not no_nam))]
-    if no_nam:
-        later = at + timedelta(minutes=rng.randint(20, 240))
-        events.append((later, "A08", _msg(p, site, later, "A08", "E", visit, diag, counter, with_nam=True)))
-    if rng.random() < 0.03:  # registered by mistake: cancelled
+    if rng.random() < 0.03:  # registered by mistake: cancelled (the A11 carries the NAM)
         cancel = at + timedelta(minutes=rng.randint(5, 60))
         events.append((cancel, "A11", _msg(p, site, cancel, "A11", "E", visit, diag, counter, with_nam=True)))
         p.cancelled += 1
         return events
     p.er_visits += 1
     p.sites.add(site)
-    leave = at + timedelta(minutes=rng.randint(90, 900))
+    stay = rng.randint(90, 900)
+    leave = at + timedelta(minutes=stay)
+    if no_nam:  # the NAM is added while the patient is still in the ER
+        later = at + timedelta(minutes=rng.randint(20, min(240, stay - 10)))
+        events.append((later, "A08", _msg(p, site, later, "A08", "E", visit, diag, counter, with_nam=True)))
     if rng.random() < 0.1:
         adm = f"I{visit[1:]}"
         events.append((leave, "A01", _msg(p, site, leave, "A01", "I", adm, diag, counter, with_nam=True)))
@@ -163,12 +171,39 @@ def _visit(rng: random.Random, p: Person, site: int, at: datetime, diag: tuple[s
     return events
 
 
+def _duplicate_chart_visit(rng: random.Random, p: Person, site: int, at: datetime, visit: str,
+                           diag: tuple[str, str], counter: list[int]) -> list[tuple[datetime, str, bytes]]:
+    """A visit registered under a second MRN without the NAM (A04, A03), then an A40 merging that
+    chart into the person's own (PID = the surviving MRN + NAM, MRG = the duplicate MRN)."""
+    code, facility, charset = SITES[site]
+    dup = f"{code}9{200000 + p.n}"
+    leave = at + timedelta(minutes=rng.randint(90, 900))
+    events = [(at, "A04", _msg(p, site, at, "A04", "E", visit, diag, counter, with_nam=False, mrn=dup)),
+              (leave, "A03", _msg(p, site, leave, "A03", "E", visit, diag, counter, with_nam=False, mrn=dup,
+                                  admitted=at))]
+    merge = leave + timedelta(hours=rng.randint(2, 72))
+    counter[0] += 1
+    segments = [
+        f"MSH|^~\\&|URGENCE|{facility}|PIVOT|CISSS-LAURENTIDES|{merge:%Y%m%d%H%M%S}||ADT^A40^ADT_A39|"
+        f"{code}S{counter[0]:09d}|P|2.5.1||||||{charset}|FR",
+        f"EVN|A40|{merge:%Y%m%d%H%M%S}",
+        f"PID|1||{p.mrns[site]}^^^{code}^MR~{p.nam}^^^RAMQ^JHN||{p.family}^{p.given}^^^^^L||{p.born:%Y%m%d}|{p.sex}",
+        f"MRG|{dup}^^^{code}^MR",
+    ]
+    text = "\r".join(segments) + "\r"
+    events.append((merge, "A40", text.encode("latin-1" if charset == "8859/1" else "utf-8")))
+    p.er_visits += 1
+    p.merged += 1
+    p.sites.add(site)
+    return events
+
+
 def _msg(p: Person, site: int, at: datetime, trigger: str, pclass: str, visit: str, diag: tuple[str, str],
-         counter: list[int], *, with_nam: bool, admitted: datetime | None = None) -> bytes:
+         counter: list[int], *, with_nam: bool, admitted: datetime | None = None, mrn: str | None = None) -> bytes:
     code, facility, charset = SITES[site]
     counter[0] += 1
     cid = f"{code}S{counter[0]:09d}"
-    ids = f"{p.mrns[site]}^^^{code}^MR" + (f"~{p.nam}^^^RAMQ^JHN" if with_nam else "")
+    ids = f"{mrn or p.mrns[site]}^^^{code}^MR" + (f"~{p.nam}^^^RAMQ^JHN" if with_nam else "")
     arrival = admitted or at
     discharge = f"{at:%Y%m%d%H%M}" if trigger == "A03" else ""
     location = "URG^CIV01^1" if pclass == "E" else "MED^301^1"

@@ -10,6 +10,8 @@ ALERTS = "defisante.alerts"
 FHIR_TYPES: tuple[str, ...] = (
     "Patient", "Encounter", "Practitioner", "PractitionerRole", "Organization", "RelatedPerson",
     "Condition", "Location", "Provenance",
+    # Défi Santé (issue #4): enrollment (Flag, Goal, CarePlan, CareTeam, Consent) and ER alerts
+    "Flag", "Goal", "CarePlan", "CareTeam", "Consent", "Communication",
 )
 
 

@@ -27,7 +27,9 @@ class MapContext:
 @dataclass(slots=True)
 class MapResult:
     """Validated FHIR R4 resources (plain JSON), the Patient id (Kafka key), unmapped segment ids,
-    and the message's type and trigger (MSH-9.1, MSH-9.2) and sender (MSH-3|MSH-4) for the rules."""
+    the message's type and trigger (MSH-9.1, MSH-9.2) and sender (MSH-3|MSH-4) for the
+    rules, and ``event_time``: the FHIR instant of EVN-2, else MSH-7 (the order in which the identity
+    resolver applies messages to one resource; '' only when neither can be read)."""
 
     resources: list[JSON] = field(default_factory=list)
     patient_id: str | None = None
@@ -36,3 +38,4 @@ class MapResult:
     trigger: str = ""
     sender: str = ""
     control_id: str = ""
+    event_time: str = ""

@@ -54,7 +54,8 @@ def test_compose_stack_end_to_end(request: pytest.FixtureRequest, monkeypatch: p
     token = "compose-test-token"
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({hashlib.sha256(token.encode()).hexdigest(): {
-        "client_id": "compose-test", "scopes": ["system/hl7v2.c", "system/*.rs"], "facilities": ["*"], "messages": ["*"]}}))
+        "client_id": "compose-test", "scopes": ["system/hl7v2.c", "system/*.rs"], "facilities": ["*"],
+        "messages": ["*"]}}))
     monkeypatch.setenv("PIVOT_TOKENS_FILE", str(tokens))
     services: Any = request.getfixturevalue("docker_services")
     base = f"http://127.0.0.1:{services.port_for('gateway', 8080)}"

@@ -159,6 +159,20 @@ SAMPLES: dict[str, tuple[JSON, dict[str, str]]] = {
                             "authorizingPrescription": [{"reference": "MedicationRequest/rx-1"}]},
                            {"identifier": "X-1", "patient": "pat-1", "subject": _REF, "status": "completed",
                             "code": "02242903", "whenhandedover": "2026-03-02", "prescription": "rx-1"}),
+    "Communication": ({"resourceType": "Communication", "id": "comm-1", "identifier": _ID, "status": "completed",
+                       "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/communication-category",
+                                                 "code": "alert"}]}],
+                       "subject": {"reference": _REF}, "encounter": {"reference": "Encounter/enc-1"},
+                       "recipient": [_PRAC], "sender": _ORG, "sent": "2026-03-01T08:16:00-05:00"},
+                      {"identifier": "X-1", "patient": "pat-1", "subject": _REF, "status": "completed",
+                       "category": "alert", "encounter": "enc-1", "recipient": "Practitioner/dr-cote",
+                       "sender": "csss-sommets", "sent": "2026-03-01"}),
+    "Subscription": ({"resourceType": "Subscription", "id": "sub-1", "status": "active", "reason": "care plans",
+                      "criteria": "CarePlan?category=defi-sante",
+                      "channel": {"type": "rest-hook", "endpoint": "https://clinique.example.org/hook",
+                                  "payload": "application/fhir+json"}},
+                     {"status": "active", "type": "rest-hook", "url": "https://clinique.example.org/hook",
+                      "payload": "application/fhir+json", "criteria": "careplan"}),
 }
 
 

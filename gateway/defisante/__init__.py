@@ -1,20 +1,21 @@
-"""Défi Santé program rules (issue #4), run by the mapping worker after each mapped message.
+"""Défi Santé (issue #4): find the frequent ER users, enroll them, alert their team, measure.
 
-``DefiSanteRules.on_mapped(result, received_at)`` returns extra records to publish with the
-message's own (alerts, Communications). This first version raises nothing.
+    codes.py        canonical URLs, our codes, deterministic ids of the program's resources
+    config.py       mappings/defisante/*.json: exclusion rules and the alert policy (checked at start-up)
+    register.py     the ER-visit register (every ER visit per person, across sites) read from the store
+    candidates.py   $defi-sante-candidates: ranking, exclusions, the searchset Bundle and CSV
+    enrollment.py   $defi-sante-enroll / $defi-sante-disenroll: Parameters → Flag, Goal, CarePlan,
+                    CareTeam, Consent
+    roster.py       the enrolled clients and their teams, read back from the store
+    publish.py      program writes: local store at once + fhir.<Type> + fhir.Bundle records
+    alerts.py       DefiSanteRules.on_mapped: ER arrival / cancel / discharge Communications + events
+    outcomes.py     $defi-sante-outcomes: ER visits and hospital days before / since enrollment
+    service.py      DefiSante: the operations above over one store and log (HTTP and CLI call it)
+    conformance.py  our CodeSystem, StructureDefinitions, OperationDefinitions (schemas/defisante/)
+    routes.py       the FHIR operations under /fhir
+    commands.py     pivot candidates / outcomes / simulate
 """
 
-from __future__ import annotations
+from gateway.defisante.alerts import DefiSanteRules
 
-from gateway.eventlog.base import OutRecord
-from mappings import MapResult
-
-
-class DefiSanteRules:
-    """Program rules hook (no rule yet)."""
-
-    def on_mapped(self, result: MapResult, received_at: str) -> list[OutRecord]:
-        return []
-
-    def close(self) -> None:
-        return None
+__all__ = ["DefiSanteRules"]

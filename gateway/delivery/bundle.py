@@ -12,6 +12,11 @@ no random): the same message always gives byte-identical JSON, so a replay is ha
   identifier having a system and a value, FHIR search escaping then URL encoding) for resources with
   an identifier; ``PUT <Type>/<id>`` otherwise. Resources keep their deterministic ``id`` in the
   body: a server honouring client ids (conditional update that matches nothing) stores them as is.
+- A **retired Patient** (``active`` false with a ``replaced-by`` link: a record merged or linked
+  into another person, gateway/identity) is always ``PUT Patient/<id>``: its identifiers are also
+  carried by the surviving Patient, so a conditional update on them would match two resources.
+  The survivor's first identifier is its own key (NAM, else the site number its id derives from),
+  which no other Patient carries.
 """
 
 from __future__ import annotations
@@ -58,6 +63,13 @@ def identifier_url(resource: JSON) -> str | None:
     return None
 
 
+def is_retired_patient(resource: JSON) -> bool:
+    """A Patient replaced by another (inactive, with a ``replaced-by`` link)."""
+    links = resource.get("link") or []
+    return (resource.get("resourceType") == "Patient" and resource.get("active") is False
+            and any(isinstance(link, dict) and link.get("type") == "replaced-by" for link in links))
+
+
 def iter_references(node: Any) -> Iterator[JSON]:
     """Every ``Reference`` object (a dict with a string ``reference``) inside a resource."""
     if isinstance(node, dict):
@@ -88,16 +100,16 @@ def message_bundle(resources: list[JSON], *, sender: str, control_id: str) -> JS
             target = urns.get(ref["reference"])
             if target is not None:
                 ref["reference"] = target
-        url = identifier_url(body) or key
+        url = key if is_retired_patient(body) else identifier_url(body) or key
         entries.append({"fullUrl": urns[key], "resource": body, "request": {"method": "PUT", "url": url}})
     return {"resourceType": "Bundle", "id": bundle_id(sender, control_id), "type": "transaction",
             "entry": entries}
 
 
 def patient_key(bundle: JSON) -> bytes | None:
-    """The partition key of a bundle: the id of its Patient entry (None when it has none)."""
-    for entry in bundle.get("entry") or []:
-        res = entry.get("resource") or {}
-        if res.get("resourceType") == "Patient" and res.get("id"):
-            return str(res["id"]).encode()
-    return None
+    """The partition key of a bundle: the id of its first Patient entry that is not retired (else
+    of its first Patient entry; None when it has none)."""
+    patients = [e.get("resource") or {} for e in bundle.get("entry") or []]
+    patients = [r for r in patients if r.get("resourceType") == "Patient" and r.get("id")]
+    patients.sort(key=is_retired_patient)
+    return str(patients[0]["id"]).encode() if patients else None

@@ -180,6 +180,26 @@ _BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("whenhandedover", "date", "whenHandedOver"),
         _p("prescription", "reference", "authorizingPrescription"),
     ),
+    # Alerts and messages to the care team (Défi Santé ER-arrival alerts are Communications).
+    "Communication": (
+        _p("identifier", "token", "identifier"),
+        _p("patient", "reference", "subject", targets=_PAT),
+        _p("subject", "reference", "subject"),
+        _p("status", "token", "status"),
+        _p("category", "token", "category"),
+        _p("encounter", "reference", "encounter"),
+        _p("recipient", "reference", "recipient"),
+        _p("sender", "reference", "sender"),
+        _p("sent", "date", "sent"),
+    ),
+    # R4 Subscriptions managed through /fhir (gateway.subscriptions delivers them).
+    "Subscription": (
+        _p("status", "token", "status"),
+        _p("type", "token", "channel.type"),
+        _p("url", "token", "channel.endpoint"),
+        _p("payload", "token", "channel.payload"),
+        _p("criteria", "string", "criteria"),
+    ),
 }
 
 RESOURCE_TYPES: tuple[str, ...] = tuple(sorted(set(_BY_TYPE) | set(FHIR_TYPES)))

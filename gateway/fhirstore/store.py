@@ -8,6 +8,14 @@ digest), ``versions`` (every version's JSON, the history), and four index tables
 Threads: writes go through one connection under a lock, one ``BEGIN IMMEDIATE`` transaction per
 call (a whole ``upsert_many`` batch, a whole FHIR transaction); readers (FastAPI's worker threads)
 use one connection per thread and read a consistent snapshot (WAL readers never wait on writers).
+
+Listeners (``add_listener``): after each committed write transaction that changed something — an
+``upsert_many`` batch, an HTTP create/update/delete, a whole transaction or batch Bundle — every
+listener is called once with the list of :class:`Outcome` (created/updated/deleted, in write
+order). The call comes after COMMIT (never inside the SQLite transaction) but still under the
+write lock, so listeners see commits in commit order; a listener must therefore be quick and must
+not write to the store (hand the changes to a queue). A listener that raises is logged (exception
+type only) and never fails the write.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,11 @@ from gateway.fhirstore import params as _params
 from gateway.fhirstore.query import Params, Query, parse_history, parse_search
 from gateway.fhirstore.search import Entry, Page, history, read_current, search
 from gateway.fhirstore.writer import Outcome, Writer, check_id, check_type
+
+log = logging.getLogger("pivot.fhirstore")
+
+StoreListener = Callable[[list[Outcome]], None]
+"""Called after each committed write with what it changed (see the module docstring)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -94,6 +108,7 @@ class FhirStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._listeners: list[StoreListener] = []
         self._conn = _connect(self.path, reader=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
@@ -128,21 +143,43 @@ class FhirStore:
         with self.writing() as writer:
             return writer.reindex_all()
 
+    # -- listeners -------------------------------------------------------------------------------
+    def add_listener(self, listener: StoreListener) -> None:
+        """Call ``listener(changes)`` after every committed write that changed something."""
+        with self._lock:
+            self._listeners = [*self._listeners, listener]
+
+    def remove_listener(self, listener: StoreListener) -> None:
+        """Stop calling ``listener`` (unknown listeners are ignored)."""
+        with self._lock:
+            self._listeners = [x for x in self._listeners if x is not listener]
+
+    def _notify(self, changes: list[Outcome]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(list(changes))
+            except Exception as exc:  # noqa: BLE001 - a listener never fails a committed write
+                log.error("store listener %s failed with %s", getattr(listener, "__qualname__", "?"),
+                          type(exc).__name__)
+
     # -- writing ---------------------------------------------------------------------------------
     @contextlib.contextmanager
     def writing(self) -> Iterator[Writer]:
-        """One write transaction (all or nothing) holding the write lock."""
+        """One write transaction (all or nothing) holding the write lock; listeners run after COMMIT."""
         with self._lock:
             if self._closed:
                 raise StoreError("the FHIR store is closed", status=503, issue_code="transient")
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
+            writer = Writer(conn, int(time.time() * 1000))
             try:
-                yield Writer(conn, int(time.time() * 1000))
+                yield writer
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if writer.changes and self._listeners:
+                self._notify(writer.changes)
 
     def upsert_many(self, resources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
         """Write a batch in one transaction: ``(stored resource, changed?)`` per resource, in order.

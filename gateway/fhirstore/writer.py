@@ -4,7 +4,9 @@ A :class:`Writer` is only obtained from ``FhirStore.writing()``, which holds the
 an open ``BEGIN IMMEDIATE`` transaction; everything done through it commits or rolls back
 together. A put whose content equals the current version (canonical JSON, ignoring
 ``meta.versionId`` and ``meta.lastUpdated``) writes nothing; otherwise it writes version n+1,
-stamps ``meta``, keeps the previous versions and re-indexes the resource.
+stamps ``meta``, keeps the previous versions and re-indexes the resource. Each write that changed
+something is appended to ``Writer.changes``; the store hands that list to its listeners once the
+transaction has committed (see ``FhirStore.add_listener``).
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class Writer:
     def __init__(self, conn: sqlite3.Connection, now_ms: int) -> None:
         self.conn = conn
         self.now_ms = now_ms
+        self.changes: list[Outcome] = []  # what this transaction changed, in order (for store listeners)
 
     def _current(self, rtype: str, rid: str) -> _Current | None:
         row = self.conn.execute(
@@ -154,7 +157,9 @@ class Writer:
                            json.dumps(stored, ensure_ascii=False, separators=(",", ":"))))
         self.index(rk, stored)
         status: Status = "created" if cur is None or cur.deleted else "updated"
-        return Outcome(rtype, rid, version, lu_ms, status, stored)
+        outcome = Outcome(rtype, rid, version, lu_ms, status, stored)
+        self.changes.append(outcome)
+        return outcome
 
     def delete(self, rtype: str, rid: str, *, if_match: int | None = None) -> Outcome:
         """Mark a resource deleted (a new, empty version); deleting it again changes nothing."""
@@ -171,7 +176,9 @@ class Writer:
         self.conn.execute("INSERT INTO versions(rk, rtype, version, lu_ms, method, body) VALUES (?,?,?,?,?,NULL)",
                           (cur.rk, rtype, version, lu_ms, "DELETE"))
         self._unindex(cur.rk)
-        return Outcome(rtype, rid, version, lu_ms, "deleted", None)
+        outcome = Outcome(rtype, rid, version, lu_ms, "deleted", None)
+        self.changes.append(outcome)
+        return outcome
 
     def match_ids(self, rtype: str, params: Params, limit: int = 2) -> list[str]:
         """Ids of live resources matching a conditional request (unknown parameters refused)."""
@@ -217,10 +224,12 @@ class Writer:
     def savepoint(self) -> Iterator[None]:
         """A nested unit (one batch entry): rolled back alone when it raises."""
         self.conn.execute("SAVEPOINT entry")
+        mark = len(self.changes)
         try:
             yield
         except BaseException:
             self.conn.execute("ROLLBACK TO entry")
             self.conn.execute("RELEASE entry")
+            del self.changes[mark:]
             raise
         self.conn.execute("RELEASE entry")

@@ -56,8 +56,34 @@ def is_nam(rep: Rep) -> bool:
 
 
 def well_formed_nam(text: str) -> bool:
-    """4 letters + 8 digits (the NAM shape); a malformed NAM is kept but never drives the Patient id."""
+    """4 letters + 8 digits (the NAM shape only; see :func:`valid_nam` for the full check)."""
     return bool(_NAM_PATTERN.fullmatch(text.replace(" ", "").upper()))
+
+
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def valid_nam(text: str) -> bool:
+    """A NAM that can be an identity key (DOMAIN.md): 4 letters + 8 digits ``LLLL YY MM DD NN`` whose
+    month is 01–12 (men) or 51–62 (women: month + 50) and whose day exists in that month (29 February
+    only when YY is a multiple of 4: the century is not encoded). A NAM failing this is never used as
+    an identity key and never drives the Patient id."""
+    nam = text.replace(" ", "").upper()
+    if not _NAM_PATTERN.fullmatch(nam):
+        return False
+    year, month, day = int(nam[4:6]), int(nam[6:8]), int(nam[8:10])
+    if month > 50:
+        month -= 50
+    if not 1 <= month <= 12 or day < 1:
+        return False
+    if month == 2 and day == 29:
+        return year % 4 == 0
+    return day <= _DAYS[month - 1]
+
+
+def is_nam_identifier(ident: JSON) -> bool:
+    """An Identifier in the NAM system (valid or not)."""
+    return ident.get("system") == NAM_SYSTEM
 
 
 def identifier_type(code: str) -> JSON | None:

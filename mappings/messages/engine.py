@@ -33,7 +33,9 @@ from mappings.segments import (
     pid_to_patient,
     pv1_to_encounter,
     pv2_to_encounter,
+    record_id,
 )
+from mappings.segments.provenance import event_instant
 from mappings.validation import validate_all
 
 JSON = dict[str, Any]
@@ -46,6 +48,7 @@ _PERIOD_RULES = {"A01": "start", "A04": "start", "A03": "end", "A13": "clear-end
 @dataclass(slots=True)
 class _Group:
     patient: JSON
+    record: str  # the site record id (mappings.segments.patient.record_id): base of visit/NK1/DG1 ids
     encounter: JSON | None = None
     nk1_count: int = 0
     dg1_count: int = 0
@@ -70,7 +73,7 @@ class _Build:
 
 def _pid(b: _Build, seg: Segment) -> None:
     patient = pid_to_patient(seg, b.env)
-    b.group = _Group(patient)
+    b.group = _Group(patient, record_id(patient["identifier"]) or patient["id"])
     b.resources.append(patient)
 
 
@@ -84,7 +87,7 @@ def _pd1(b: _Build, seg: Segment) -> None:
 def _nk1(b: _Build, seg: Segment) -> None:
     group = b.need_group(seg)
     group.nk1_count += 1
-    person = nk1_to_related_person(seg, b.env, group.patient["id"], group.nk1_count)
+    person = nk1_to_related_person(seg, b.env, group.patient["id"], group.nk1_count, group.record)
     if person is not None:
         b.resources.append(person)
 
@@ -94,7 +97,8 @@ def _pv1(b: _Build, seg: Segment) -> None:
     if not b.map_encounter or group.encounter is not None:
         b.unmapped.append(seg.id)
         return
-    built = pv1_to_encounter(seg, b.env, group.patient["id"], b.event_time, _PERIOD_RULES.get(b.env.trigger, ""))
+    built = pv1_to_encounter(seg, b.env, group.patient["id"], b.event_time, _PERIOD_RULES.get(b.env.trigger, ""),
+                             group.record)
     group.encounter = built[0]
     b.resources.extend(built)
 
@@ -112,7 +116,7 @@ def _dg1(b: _Build, seg: Segment) -> None:
     group.dg1_count += 1
     encounter = group.encounter
     built = dg1_to_condition(seg, b.env, group.patient["id"], encounter["id"] if encounter else None,
-                             group.dg1_count)
+                             group.dg1_count, group.record)
     if built and encounter is not None:
         encounter.setdefault("diagnosis", []).append(encounter_diagnosis(seg, built[0]))
     b.resources.extend(built)
@@ -194,4 +198,5 @@ def map_message(msg: Message, ctx: MapContext) -> MapResult:
     patients = [r for r in resources if r["resourceType"] == "Patient" and r.get("active", True)]
     return MapResult(resources=resources, patient_id=patients[0]["id"] if patients else None,
                      unmapped_segments=list(dict.fromkeys(b.unmapped)), message_code=msg.message_code,
-                     trigger=msg.trigger, sender=msg.sender, control_id=msg.control_id)
+                     trigger=msg.trigger, sender=msg.sender, control_id=msg.control_id,
+                     event_time=event_instant(msg, env))

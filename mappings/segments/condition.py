@@ -22,10 +22,11 @@ _CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condit
 
 
 def dg1_to_condition(seg: Segment, env: Env, patient_id: str, encounter_id: str | None,
-                     position: int) -> list[JSON]:
+                     position: int, record_id: str | None = None) -> list[JSON]:
     """DG1 -> [Condition, Practitioner?]: code DG1-3 (text DG1-4), onsetDateTime DG1-5, recordedDate
     DG1-19, asserter DG1-16, category encounter-diagnosis, subject, encounter. Id: encounter id (else
-    Patient id) + DG1-1 set id (else position) + code. [] when DG1-3 and DG1-4 are both empty."""
+    the site record id ``record_id``, else the Patient id) + DG1-1 set id (else position) + code.
+    [] when DG1-3 and DG1-4 are both empty."""
     code = cwe(seg, 3)
     description = value(seg.get(4))
     if code is None and not description:
@@ -35,7 +36,7 @@ def dg1_to_condition(seg: Segment, env: Env, patient_id: str, encounter_id: str 
     key = value(seg.get(3, 1)) or description
     set_id = value(seg.get(1)) or str(position)
     condition: JSON = {"resourceType": "Condition",
-                       "id": stable_id("Condition", encounter_id or f"patient:{patient_id}", set_id, key),
+                       "id": stable_id("Condition", encounter_id or f"patient:{record_id or patient_id}", set_id, key),
                        "category": [_CATEGORY], "code": code,
                        "subject": {"reference": f"Patient/{patient_id}"}}
     if encounter_id is not None:

@@ -35,13 +35,15 @@ def encounter_status(trigger: str, pv1: Segment) -> str:
 
 
 def encounter_id(identifier: JSON | None, patient_id: str, when: str) -> str:
-    """Encounter id from the visit number (PV1-19 system|value), else Patient id + start time text."""
+    """Encounter id from the visit number (PV1-19 system|value), else ``patient_id`` (the caller
+    passes the site record id) + start time text."""
     if identifier is not None:
         return stable_id("Encounter", identifier_key(identifier))
     return stable_id("Encounter", "patient", patient_id, when)
 
 
-def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, period_rule: str) -> list[JSON]:
+def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, period_rule: str,
+                     record_id: str | None = None) -> list[JSON]:
     """PV1 -> [Encounter, Location…, Practitioner…].
 
     class PV1-2 (patient-class map, unmapped -> v3-NullFlavor UNK); status (encounter_status);
@@ -49,7 +51,14 @@ def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, p
     when finished) and PV1-6 (prior, completed); participant PV1-7 ATND / PV1-8 REF / PV1-9 CON /
     PV1-17 ADM; hospitalization admitSource PV1-14, dischargeDisposition PV1-36; period PV1-44/45,
     else ``event_time`` (EVN-6/EVN-2, already converted) as start or end per ``period_rule``
-    ("start", "end", "clear-end" or "").
+    ("start", "end", "clear-end" or ""). Without PV1-19 the id is the site record id (``record_id``,
+    else the Patient id) + PV1-44 (else ``event_time``).
+
+    Cancels are mapped as what they leave (the identity resolver applies them onto the stored
+    Encounter as reversals): A12 maps only PV1-3, the location the patient is back to (HL7 v2.5
+    3.3.12: "PV1-3 must show the location of the patient prior to the original transfer"; PV1-6
+    then names the cancelled destination, never occupied, so it is not listed as ``completed``);
+    A13 clears ``period.end`` and maps no discharge disposition (PV1-36).
     """
     status = encounter_status(env.trigger, seg)
     visit_rep = seg.rep(19)
@@ -66,7 +75,7 @@ def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, p
         end = ""
     klass = codemap("patient-class").get(value(seg.get(2)))
     encounter: JSON = {"resourceType": "Encounter",
-                       "id": encounter_id(visit, patient_id, value(seg.get(44, 1)) or event_time)}
+                       "id": encounter_id(visit, record_id or patient_id, value(seg.get(44, 1)) or event_time)}
     if visit is not None:
         encounter["identifier"] = [visit]
     encounter["status"] = status
@@ -84,10 +93,10 @@ def pv1_to_encounter(seg: Segment, env: Env, patient_id: str, event_time: str, p
         encounter["participant"] = participants
     if start or end:
         encounter["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
-    hospitalization = _hospitalization(seg)
+    hospitalization = _hospitalization(seg, discharge=env.trigger != "A13")
     if hospitalization:
         encounter["hospitalization"] = hospitalization
-    locations = _locations(seg, env, status, extra)
+    locations = _locations(seg, env, status, extra, prior=env.trigger != "A12")
     if locations:
         encounter["location"] = locations
     return [encounter, *extra]
@@ -106,21 +115,22 @@ def _participants(seg: Segment, env: Env, extra: list[JSON]) -> list[JSON]:
     return out
 
 
-def _hospitalization(seg: Segment) -> JSON:
+def _hospitalization(seg: Segment, *, discharge: bool) -> JSON:
     out: JSON = {}
     source = codemap("admit-source").concept(value(seg.get(14)))
     if source is not None:
         out["admitSource"] = source
-    disposition = codemap("discharge-disposition").concept(value(seg.get(36)))
+    disposition = codemap("discharge-disposition").concept(value(seg.get(36))) if discharge else None
     if disposition is not None:
         out["dischargeDisposition"] = disposition
     return out
 
 
-def _locations(seg: Segment, env: Env, status: str, extra: list[JSON]) -> list[JSON]:
+def _locations(seg: Segment, env: Env, status: str, extra: list[JSON], *, prior: bool) -> list[JSON]:
     out: list[JSON] = []
     current = "completed" if status in ("finished", "cancelled") else "planned" if status == "planned" else "active"
-    for field, loc_status in ((3, current), (6, "completed")):
+    fields = ((3, current), (6, "completed")) if prior else ((3, current),)
+    for field, loc_status in fields:
         rep = seg.rep(field)
         loc = pl_to_location(rep, env.site) if rep is not None else None
         if loc is not None:

@@ -18,7 +18,7 @@ from mappings.datatypes.identifiers import (
     cx_to_identifier,
     identifier_key,
     type_code,
-    well_formed_nam,
+    valid_nam,
 )
 from mappings.datatypes.primitives import has_time, value
 from mappings.ids import ref_to, stable_id
@@ -44,16 +44,39 @@ def patient_identifiers(seg: Segment, env: Env, *fields: int) -> list[JSON]:
     return out
 
 
-def patient_id(identifiers: list[JSON]) -> str | None:
-    """The Patient logical id: hash of the well-formed NAM (system|value) when present, else of the
-    first MR-type identifier (MR, MRT, PI), else of the first identifier; None without identifiers."""
+def patient_key(identifiers: list[JSON]) -> JSON | None:
+    """The identifier the Patient id derives from: the valid NAM when present, else the first
+    MR-type identifier (MR, MRT, PI), else the first identifier; None without identifiers."""
     for ident in identifiers:
-        if ident.get("system") == NAM_SYSTEM and well_formed_nam(str(ident.get("value", ""))):
-            return stable_id("Patient", identifier_key(ident))
-    for ident in identifiers:
+        if ident.get("system") == NAM_SYSTEM and valid_nam(str(ident.get("value", ""))):
+            return ident
+    return record_key(identifiers)
+
+
+def record_key(identifiers: list[JSON]) -> JSON | None:
+    """The identifier of the *site record* (what the site's ids of visits, next of kin and
+    diagnoses hang on): the first MR-type identifier (MR, MRT, PI) outside the NAM system, else the
+    first identifier outside it, else the first identifier (a NAM alone). Unlike the Patient id it
+    does not change when a NAM is added to the record later (A08/A31), so neither do those ids."""
+    site = [i for i in identifiers if i.get("system") != NAM_SYSTEM]
+    for ident in site:
         if type_code(ident) in MR_TYPES:
-            return stable_id("Patient", identifier_key(ident))
-    return stable_id("Patient", identifier_key(identifiers[0])) if identifiers else None
+            return ident
+    if site:
+        return site[0]
+    return identifiers[0] if identifiers else None
+
+
+def patient_id(identifiers: list[JSON]) -> str | None:
+    """The Patient logical id: hash of :func:`patient_key` (system|value); None without identifiers."""
+    key = patient_key(identifiers)
+    return stable_id("Patient", identifier_key(key)) if key is not None else None
+
+
+def record_id(identifiers: list[JSON]) -> str | None:
+    """Hash of :func:`record_key` (system|value): the Patient id the site record has without a NAM."""
+    key = record_key(identifiers)
+    return stable_id("Patient", identifier_key(key)) if key is not None else None
 
 
 def _flag(text: str) -> bool | None:

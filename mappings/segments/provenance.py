@@ -46,6 +46,17 @@ def recorded(msg: Message, env: Env) -> str:
     raise MapError("MSH-7 date/time of message is empty", hl7_code="101", location=Location("MSH", 1, 7))
 
 
+def event_instant(msg: Message, env: Env) -> str:
+    """When the event was recorded, as a FHIR instant: EVN-2 when it carries at least a full date,
+    else MSH-7; '' when neither does. MapError 102 at EVN-2 when it cannot be read."""
+    evn = msg.first("EVN")
+    text = value(evn.get(2, 1)) if evn is not None else ""
+    if evn is not None and len(text) >= 8:
+        return env.time(evn, 2, "instant")
+    text = value(msg.msh.get(7, 1))
+    return env.time(msg.msh, 7, "instant") if len(text) >= 8 else ""
+
+
 def z_segment_extension(seg: Segment) -> JSON:
     """A Z-segment kept verbatim (its ER7 text, escapes included) as a Provenance extension."""
     return {"url": Z_SEGMENT_URL, "valueString": seg.d.field.join(seg.fields)}

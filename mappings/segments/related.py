@@ -19,11 +19,13 @@ from mappings.segments.common import Env
 JSON = dict[str, Any]
 
 
-def nk1_to_related_person(seg: Segment, env: Env, patient_id: str, position: int) -> JSON | None:
+def nk1_to_related_person(seg: Segment, env: Env, patient_id: str, position: int,
+                          record_id: str | None = None) -> JSON | None:
     """NK1 -> RelatedPerson: patient, relationship NK1-3 (HL70063) + NK1-7 (contact role, HL70131),
     name NK1-2, address NK1-4, telecom NK1-5 home / NK1-6 work, period NK1-8/9, gender NK1-15,
-    birthDate NK1-16. Id: Patient id + NK1-1 set id (else the NK1's position). None when the NK1
-    carries no name, relationship, address nor telecom."""
+    birthDate NK1-16. Id: the site record id (``record_id``, else the Patient id) + NK1-1 set id
+    (else the NK1's position): NK1-1 numbers are per site, and the id must not change when the
+    record later receives a NAM. None when the NK1 carries no name, relationship, address nor telecom."""
     names = [n for n in (xpn_to_human_name(r) for r in seg.reps(2)) if n is not None]
     relationship = [c for c in (codemap("relationship").concept(value(r.get(1))) for r in seg.reps(3)) if c]
     relationship += [c for c in (codemap("contact-role").concept(value(r.get(1))) for r in seg.reps(7)) if c]
@@ -33,7 +35,7 @@ def nk1_to_related_person(seg: Segment, env: Env, patient_id: str, position: int
     if not (names or relationship or addresses or telecom):
         return None
     set_id = value(seg.get(1)) or str(position)
-    person: JSON = {"resourceType": "RelatedPerson", "id": stable_id("RelatedPerson", patient_id, set_id),
+    person: JSON = {"resourceType": "RelatedPerson", "id": stable_id("RelatedPerson", record_id or patient_id, set_id),
                     "active": True, "patient": {"reference": f"Patient/{patient_id}"}}
     if relationship:
         person["relationship"] = relationship
