@@ -29,6 +29,7 @@ from gateway.intake import Intake, MapCache
 from gateway.metrics import Metrics
 from gateway.security import Security, check_startup, install_security
 from gateway.settings import Settings
+from gateway.subscriptions import SubscriptionConfig, SubscriptionEngine, make_subscription_router
 from gateway.workers import MappingWorker, StoreSink, Worker
 from mappings import IdentifierSystems, Profiles
 
@@ -61,6 +62,9 @@ class Gateway:
         self.log = open_log(settings)
         self.security = Security(settings, event_log=self.log, metrics=self.metrics)
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
+        self.subscriptions = SubscriptionEngine(self.store, SubscriptionConfig(
+            base_url=f"http://{settings.host}:{settings.http_port}/fhir",
+            state_path=settings.data_dir / "subscriptions.sqlite"))
         self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
         self.cache = MapCache()
         self.identity = IdentityResolver(settings.data_dir)
@@ -77,6 +81,7 @@ class Gateway:
         self.instance_id = _instance_id(settings.data_dir)
 
     def start_workers(self) -> None:
+        self.subscriptions.start()  # idempotent; before the store sink so no write is missed
         if self.workers or not self.settings.workers:
             return
         self.workers = [
@@ -95,6 +100,7 @@ class Gateway:
         for worker in self.workers:
             worker.join(timeout=10)
         self.workers = []
+        self.subscriptions.stop()
         if self.fhir_client is not None:
             self.fhir_client.close()
         self.rules.close()
@@ -123,6 +129,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
     app.include_router(make_defisante_router(lambda: gateway.defisante), prefix="/fhir")
+    app.include_router(make_subscription_router(lambda: gateway.subscriptions), prefix="/fhir")
     app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
     install_fhir_error_handler(app)
     install_security(app, gateway.security)

@@ -24,6 +24,10 @@ from gateway.settings import Settings, load_settings
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    # HTTP client libraries log full request URLs (a conditional update carries ?identifier=<NAM>):
+    # never at INFO; our own loggers say what was sent, by id and status only
+    for noisy in ("httpx", "httpcore", "hpack", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.security import audit_cli
 
     audit_cli.add_parser(sub)
+    from gateway.identity import cli as identity_cli
+
+    identity_cli.add_parser(sub)
     from gateway.defisante import commands as defisante_commands
 
     defisante_commands.add_parsers(sub)
@@ -93,6 +100,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if args.command == "ingest":
             return _ingest(gateway, args)
+        if args.command == "identity":
+            from gateway.identity import cli as identity_cli
+
+            return identity_cli.run(args, gateway)
         return _deadletter(gateway, args)
     finally:
         gateway.close()

@@ -16,6 +16,7 @@ from gateway.samples import er_message
 from mappings import IdentifierSystems, MapContext, MapResult, Profiles, check_supported, map_message, stable_id
 from mappings.datatypes.identifiers import NAM_SYSTEM
 from mappings.messages.tables import SUPPORTED
+from mappings.segments.patient import record_id
 from mappings.segments.provenance import Z_SEGMENT_URL
 
 PROFILES = Profiles.load(None, "America/Montreal")
@@ -209,7 +210,8 @@ def test_encounter_id_without_visit_number() -> None:
     result = run(raw)
     enc = of(result, "Encounter")[0]
     assert "identifier" not in enc
-    assert enc["id"] == stable_id("Encounter", "patient", str(result.patient_id), "202601010908")
+    assert enc["id"] == stable_id("Encounter", "patient", str(record_id(of(result, "Patient")[0]["identifier"])),
+                                  "202601010908")
 
 
 # -- MRG ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The embedded FHIR R4 store (SQLite) behind ``/fhir``.
 
-    store.py         FhirStore: versioned resources, history, reads, one-transaction writes
+    store.py         FhirStore: versioned resources, history, reads, one-transaction writes,
+                     listeners called after each committed write (add_listener)
     writer.py        Writer: put / delete / conditional look-ups inside one transaction
     params.py        search parameters as data (drives the index, the search, the CapabilityStatement)
     extract.py       index rows extracted from a resource on write
@@ -9,6 +10,7 @@
     dates.py         FHIR dates as millisecond ranges, search prefixes
     interactions.py  one interaction (read, search, create, update, conditional, delete)
     transaction.py   transaction and batch Bundles
+    match.py         Matcher: does one resource (version) satisfy search criteria (subscriptions)
     bundles.py       searchset / history / response Bundles, OperationOutcome
     capability.py    the CapabilityStatement
 """

@@ -98,6 +98,12 @@ def _stamp(content: dict[str, Any], version: int, lu_ms: int) -> dict[str, Any]:
 
 
 def digest(content: dict[str, Any]) -> bytes:
+    """Change-detection digest: ``meta.source`` (which names the message that carried the resource) is
+    left out, so a shared Organization or Location resent by every message gets no new version."""
+    meta = content.get("meta")
+    if isinstance(meta, dict) and "source" in meta:
+        rest = {k: v for k, v in meta.items() if k != "source"}
+        content = {k: v for k, v in content.items() if k != "meta"} | ({"meta": rest} if rest else {})
     return hashlib.blake2b(canonical_json(content).encode(), digest_size=16).digest()
 
 
