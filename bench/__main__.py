@@ -179,6 +179,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
     ap.add_argument("--messages", type=int, default=10_000, help="messages for the end-to-end run")
     ap.add_argument("--paced", type=int, default=2_000, help="messages for the 200 msg/s latency run")
+    ap.add_argument("--ds-background", type=int, default=20_000, help="Défi Santé: background messages")
+    ap.add_argument("--ds-alerts", type=int, default=200, help="Défi Santé: alert-raising arrivals")
+    ap.add_argument("--ds-rate", type=float, default=300.0, help="Défi Santé: background msg/s")
     args = ap.parse_args()
     msgs = [er_message(i) for i in range(2_000)]
     tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
@@ -206,6 +209,10 @@ def main() -> int:
     print("goals (issue #2): parse+map+validate >= 1,500 msg/s; AA p99 < 20 ms at 200 msg/s")
     print(f"  parse+map+validate: {'met' if full >= 1500 else 'NOT met'}; "
           f"paced AA p99: {'met' if e2e['paced_p99'] < 20 else 'NOT met'}")
+    if args.ds_alerts:
+        from bench.defisante import bench_defisante, report
+
+        report(bench_defisante(args.ds_background, args.ds_alerts, args.ds_rate))
     return 0
 
 

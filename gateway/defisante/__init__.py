@@ -14,6 +14,7 @@
     conformance.py  our CodeSystem, StructureDefinitions, OperationDefinitions (schemas/defisante/)
     routes.py       the FHIR operations under /fhir
     commands.py     pivot candidates / outcomes / simulate
+    arrival.py      ADT of a visit of a stored Patient (README walkthrough, benchmark, tests)
 """
 
 from gateway.defisante.alerts import DefiSanteRules

@@ -192,6 +192,15 @@ _BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("sender", "reference", "sender"),
         _p("sent", "date", "sent"),
     ),
+    # Goals of a Défi Santé service plan (CarePlan.goal).
+    "Goal": (
+        _p("identifier", "token", "identifier"),
+        _p("patient", "reference", "subject", targets=_PAT),
+        _p("subject", "reference", "subject"),
+        _p("lifecycle-status", "token", "lifecycleStatus"),
+        _p("category", "token", "category"),
+        _p("start-date", "date", "startDate"),
+    ),
     # R4 Subscriptions managed through /fhir (gateway.subscriptions delivers them).
     "Subscription": (
         _p("status", "token", "status"),

@@ -1,0 +1,221 @@
+"""Défi Santé alert latency: A04 sent → Communication readable at /fhir, and → alert record on the
+``defisante.alerts`` topic, for alert-raising ER arrivals amid background traffic (embedded defaults).
+
+A real ``pivot serve`` process; 20 enrolled clients (enrolled over the HTTP API after a first,
+old visit); background ER registrations of other people (``gateway.samples.er_message``) paced over
+four MLLP connections (each waits for its ACK, so the pace is at most what the gateway takes); the
+arrivals of enrolled clients over their own connection, spread evenly through the background
+(arrival k once k/N of the background was sent), each at one of three sites. For each arrival:
+the Communication is polled (every 5 ms) at its deterministic id, and the alert record's commit
+time is read from the embedded log. Printed, never asserted (goal: p99 < 1 s).
+``python -m bench.defisante`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import threading
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.__main__ import ROOT, _free_port, _read_ack, pct
+from gateway.defisante import codes
+from gateway.defisante.arrival import ZONE, visit_message
+from gateway.samples import er_message, nam
+from mappings.ids import stable_id
+
+START, END = b"\x0b", b"\x1c\x0d"
+SITES = ("HSA", "HLA", "HSJ")
+CLIENTS = 20
+
+
+def _client_patient(i: int) -> dict[str, Any]:
+    family, given, sex = "Benchmark", ("Lucie", "Denis")[i % 2], "FM"[i % 2]
+    born = datetime(1945, 1, 1) + timedelta(days=i * 383)
+    return {"resourceType": "Patient", "id": f"bench-{i}", "gender": "female" if sex == "F" else "male",
+            "identifier": [{"system": codes.NAM_SYSTEM, "value": nam(family, given, born, sex, 50 + i)}],
+            "name": [{"family": family, "given": [given]}], "birthDate": born.date().isoformat()}
+
+
+class _Mllp:
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.buf = bytearray()
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(START + raw + END)
+        _read_ack(self.sock, self.buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _serve(data: Path, http: int, mllp: int) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PIVOT_DATA_DIR": str(data), "PIVOT_HTTP_PORT": str(http), "PIVOT_MLLP_PORT": str(mllp),
+           "PIVOT_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("pivot serve did not start")
+
+
+def _enroll(base: str, port: int) -> list[dict[str, Any]]:
+    conn = _Mllp(port)
+    old = datetime.now(ZONE) - timedelta(days=10)
+    for i in range(CLIENTS):
+        conn.send(visit_message(_client_patient(i), site="HSA", visit=f"VBOLD{i:03d}", when=old))
+    conn.close()
+    stored: list[dict[str, Any]] = []
+    for i in range(CLIENTS):
+        ident = _client_patient(i)["identifier"][0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = httpx.get(f"{base}/fhir/Patient", params={"identifier": f"{ident['system']}|{ident['value']}"},
+                              timeout=10).json().get("entry")
+            if found:
+                stored.append(found[0]["resource"])
+                break
+            time.sleep(0.05)
+    for patient in stored:
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": "caseManager", "valueReference": {"reference": "Practitioner/bench-cm"}}]}
+        httpx.post(f"{base}/fhir/Patient/{patient['id']}/$defi-sante-enroll", json=body, timeout=30).raise_for_status()
+    return stored
+
+
+def _background(port: int, first: int, count: int, rate: float, sent: list[int]) -> None:
+    conn = _Mllp(port)
+    next_at = time.perf_counter()
+    for i in range(first, first + count):
+        delay = next_at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        next_at += 1 / rate
+        conn.send(er_message(100_000 + i, control_id=f"BG{i:08d}"))
+        sent[0] += 1  # one writer per slot would be exact; a lost increment only shifts an arrival slightly
+    conn.close()
+
+
+def _alert_ms(log_path: Path, control_id: str) -> int | None:
+    conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=5)
+    try:
+        for ts, headers in conn.execute("SELECT ts, headers FROM records WHERE topic = 'pivot.defisante.alerts' "
+                                        "AND seq > 0 ORDER BY seq DESC LIMIT 400"):
+            if json.loads(headers).get("msh10") == control_id:
+                return int(ts)
+    finally:
+        conn.close()
+    return None
+
+
+def bench_defisante(background: int = 20_000, alerts: int = 200, rate: float = 300.0) -> dict[str, float]:
+    """Latencies in ms (p50/p99 of Communication readable and of the alert record) and counts."""
+    data = Path(tempfile.mkdtemp(prefix="pivot-bench-ds-"))
+    http, mllp = _free_port(), _free_port()
+    proc = _serve(data, http, mllp)
+    base = f"http://127.0.0.1:{http}"
+    comm_lat: list[float] = []
+    alert_lat: list[float] = []
+    missing = 0
+    achieved = 0.0
+    try:
+        clients = _enroll(base, mllp)
+        progress = [0]
+        per = background // 4
+        threads = [threading.Thread(target=_background, args=(mllp, n * per, per, rate / 4, progress))
+                   for n in range(4)]
+        started = time.perf_counter()
+        for th in threads:
+            th.start()
+        conn = _Mllp(mllp)
+        pending: list[tuple[float, str, str, threading.Thread, list[float]]] = []
+        session = httpx.Client(timeout=5)
+        for k in range(alerts):  # spread through the background: arrival k after k/alerts of it was sent
+            while progress[0] < (k + 1) * 4 * per / (alerts + 1):
+                time.sleep(0.01)
+            patient, site = clients[k % len(clients)], SITES[k % len(SITES)]
+            visit, cid = f"VB{k:05d}", f"DSB{k:06d}"
+            enc = stable_id("Encounter", f"urn:pivot:visit:{site}|{visit}")
+            url = f"{base}/fhir/Communication/{codes.communication_id(enc, codes.ARRIVAL)}"
+            seen: list[float] = []
+            sent_wall = time.time()
+            sent = time.perf_counter()
+
+            def poll(url: str = url, sent: float = sent, seen: list[float] = seen) -> None:
+                while time.perf_counter() - sent < 10:
+                    if session.get(url).status_code == 200:
+                        seen.append(time.perf_counter() - sent)
+                        return
+                    time.sleep(0.005)
+
+            th = threading.Thread(target=poll)
+            conn.send(visit_message(patient, site=site, visit=visit, control_id=cid))
+            th.start()
+            pending.append((sent_wall, cid, url, th, seen))
+        conn.close()
+        for th in threads:
+            th.join()
+        achieved = background / (time.perf_counter() - started)
+        for sent_wall, cid, _url, th, seen in pending:
+            th.join()
+            if seen:
+                comm_lat.append(seen[0])
+            else:
+                missing += 1
+            at = _alert_ms(data / "log.sqlite", cid)
+            if at is not None:
+                alert_lat.append(max(0.0, at / 1000 - sent_wall))
+        session.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return {"comm_p50": pct(comm_lat, 0.5) if comm_lat else float("nan"),
+            "comm_p99": pct(comm_lat, 0.99) if comm_lat else float("nan"),
+            "alert_p50": pct(alert_lat, 0.5) if alert_lat else float("nan"),
+            "alert_p99": pct(alert_lat, 0.99) if alert_lat else float("nan"),
+            "alerts": float(len(alert_lat)), "sent": float(alerts), "missing": float(missing),
+            "background": float(background), "rate": rate, "achieved": achieved}
+
+
+def report(r: dict[str, float]) -> None:
+    print(f"Défi Santé alerts: {r['sent']:.0f} arrivals of enrolled clients amid {r['background']:,.0f} "
+          f"background messages (paced at {r['rate']:.0f} msg/s, achieved {r['achieved']:.0f})")
+    print(f"{'  A04 sent -> Communication readable p50 / p99 (ms)':<52}{r['comm_p50']:>7.1f} / {r['comm_p99']:.1f}")
+    print(f"{'  A04 sent -> alert record on the topic p50 / p99 (ms)':<52}{r['alert_p50']:>7.1f} / "
+          f"{r['alert_p99']:.1f}")
+    print(f"{'  alerts on the topic / arrivals sent':<52}{r['alerts']:>9,.0f} / {r['sent']:,.0f}"
+          f"{' (' + str(int(r['missing'])) + ' Communication(s) not seen)' if r['missing'] else ''}")
+    print(f"  goal (issue #4): p99 < 1 s: {'met' if max(r['comm_p99'], r['alert_p99']) < 1000 else 'NOT met'}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.defisante")
+    ap.add_argument("--background", type=int, default=20_000)
+    ap.add_argument("--alerts", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=300.0, help="background messages per second")
+    args = ap.parse_args()
+    report(bench_defisante(args.background, args.alerts, args.rate))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
