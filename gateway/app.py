@@ -75,6 +75,9 @@ class Gateway:
         conformance.resources()
         self.defisante = DefiSante(self.store, self.log, settings)
         self.rules = DefiSanteRules(self.store, settings, self.defisante.config, self.metrics)
+        from gateway.pharmacy import PharmacyRules
+
+        self.pharmacy = PharmacyRules(self.store, settings, metrics=self.metrics)
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
                              self.cache, self.identity, authorize=self.security.authorize_message)
         self.workers: list[Worker] = []
@@ -86,7 +89,7 @@ class Gateway:
             return
         self.workers = [
             MappingWorker(self.settings, self.log, self.metrics, self.profiles, self.systems, self.cache,
-                          self.identity, self.rules),
+                          self.identity, self.rules, extra_rules=[self.pharmacy]),
             StoreSink(self.settings, self.log, self.metrics, self.store, instance_id=self.instance_id),
         ]
         if self.fhir_client is not None:
@@ -104,6 +107,7 @@ class Gateway:
         if self.fhir_client is not None:
             self.fhir_client.close()
         self.rules.close()
+        self.pharmacy.close()
         self.identity.close()
         self.security.close()  # drains the audit queue into the log: before the log closes
         self.log.close()

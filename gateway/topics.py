@@ -12,6 +12,8 @@ FHIR_TYPES: tuple[str, ...] = (
     "Condition", "Location", "Provenance",
     # Défi Santé (issue #4): enrollment (Flag, Goal, CarePlan, CareTeam, Consent) and ER alerts
     "Flag", "Goal", "CarePlan", "CareTeam", "Consent", "Communication",
+    # Community pharmacies (issue #5): mapped orders, dispenses, administrations; the profile
+    "MedicationRequest", "MedicationDispense", "MedicationAdministration", "MedicationStatement",
 )
 
 

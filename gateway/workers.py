@@ -11,8 +11,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.defisante import DefiSanteRules
 from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
@@ -89,6 +90,14 @@ class Worker(threading.Thread):
         self._stop_event.set()
 
 
+class RuleHook(Protocol):
+    """What runs after each mapped message (DefiSanteRules, PharmacyRules): records to publish with it."""
+
+    def on_mapped(self, result: MapResult, received_at: str) -> list[OutRecord]: ...
+
+    def close(self) -> None: ...
+
+
 class MappingWorker(Worker):
     """hl7v2.in → map → fhir.<Type> envelopes (key = resource id); failures → deadletter."""
 
@@ -96,13 +105,14 @@ class MappingWorker(Worker):
 
     def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, profiles: Profiles,
                  systems: IdentifierSystems, cache: MapCache, identity: IdentityResolver | None = None,
-                 rules: DefiSanteRules | None = None) -> None:
+                 rules: DefiSanteRules | None = None, extra_rules: Sequence[RuleHook] = ()) -> None:
         super().__init__(settings, log_, metrics, [settings.topic(HL7V2_IN)])
         self.profiles = profiles
         self.systems = systems
         self.cache = cache
         self.identity = identity or IdentityResolver()
         self.rules = rules or DefiSanteRules()
+        self.hooks: list[RuleHook] = [self.rules, *extra_rules]
 
     def handle(self, records: list[Record]) -> None:
         out: list[OutRecord] = []
@@ -140,7 +150,8 @@ class MappingWorker(Worker):
                              value=fhir_envelope(bundle, site=site, control_id=control_id, sender=sender,
                                                  received_at=received_at),
                              headers={"msh10": control_id, "sender": sender}))
-        out.extend(self.rules.on_mapped(result, received_at))
+        for hook in self.hooks:
+            out.extend(hook.on_mapped(result, received_at))
         return out
 
     def _map(self, rec: Record, received_at: str) -> MapResult:

@@ -62,7 +62,7 @@ def test_supported_triggers(trigger: str) -> None:
 
 def test_unsupported_message_type_is_200_at_msh9() -> None:
     with pytest.raises(UnsupportedError) as err:
-        check_supported(parse(er_message(1).replace(b"ADT^A04^ADT_A01", b"RDE^O11^RDE_O11")))
+        check_supported(parse(er_message(1).replace(b"ADT^A04^ADT_A01", b"ORM^O01^ORM_O01")))
     assert (err.value.hl7_code, err.value.location, err.value.ack_code) == ("200", Location("MSH", 1, 9), "AR")
 
 

@@ -192,6 +192,26 @@ _BY_TYPE: dict[str, tuple[SearchParam, ...]] = {
         _p("sender", "reference", "sender"),
         _p("sent", "date", "sent"),
     ),
+    "MedicationStatement": (
+        _p("identifier", "token", "identifier"),
+        _p("patient", "reference", "subject", targets=_PAT),
+        _p("subject", "reference", "subject"),
+        _p("status", "token", "status"),
+        _p("category", "token", "category"),
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("effective", "date", "effectivePeriod"),
+        _p("source", "reference", "informationSource"),
+    ),
+    "MedicationAdministration": (
+        _p("identifier", "token", "identifier"),
+        _p("patient", "reference", "subject", targets=_PAT),
+        _p("subject", "reference", "subject"),
+        _p("status", "token", "status"),
+        _p("code", "token", "medicationCodeableConcept"),
+        _p("effective-time", "date", "effectiveDateTime", "effectivePeriod"),
+        _p("performer", "reference", "performer.actor"),
+        _p("request", "reference", "request"),
+    ),
     # Goals of a Défi Santé service plan (CarePlan.goal).
     "Goal": (
         _p("identifier", "token", "identifier"),

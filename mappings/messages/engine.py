@@ -20,6 +20,7 @@ from mappings.context import MapContext, MapResult
 from mappings.datatypes.entities import sender_organization
 from mappings.datatypes.primitives import value
 from mappings.messages.tables import ALWAYS_READ, NO_ENCOUNTER, message_map
+from mappings.pharmacy import is_pharmacy, map_pharmacy
 from mappings.segments import (
     Env,
     dg1_to_condition,
@@ -168,6 +169,8 @@ def map_message(msg: Message, ctx: MapContext) -> MapResult:
     Raises UnsupportedError (type/trigger), MapError (100 missing PID, 101 missing required value,
     102 unreadable date/time) or ValidateError.
     """
+    if is_pharmacy(msg):
+        return map_pharmacy(msg, ctx)
     mmap = message_map(msg)
     trigger = _trigger(msg)
     env = Env(msg=msg, zone=ctx.profile.zone, systems=ctx.systems, site=ctx.profile.site or msg.sending_facility,
