@@ -121,32 +121,32 @@ class Intake:
         key = f"{sender}|{control_id}"
         ctx = MapContext(profile=self.profiles.for_message(msg), systems=self.systems,
                          received_at=datetime.fromisoformat(received_at.replace("Z", "+00:00")))
-        if enhanced:
-            try:
-                self._store(raw, msg, None, origin, received_at)
-            except PublishError as exc:
-                return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
-            commit = [build_ack("CA", msg=msg)] if wants_ack(accept_mode, "CA") else []
-            try:
-                result = self.identity.resolve(map_message(msg, ctx))
-            except GatewayError as exc:  # the mapping worker dead-letters it from hl7v2.in
-                self._count(origin, "AE", sender, msg.trigger)
-                app = [build_ack(exc.ack_code, msg=msg, error=exc)] if wants_ack(app_mode, "AE") else []
-                return Reply(code=exc.ack_code, acks=commit + app, control_id=control_id,
-                             error=exc.describe())
-            self.cache.put(key, result)
-            self._count(origin, "AA", sender, msg.trigger)
-            app = [build_ack("AA", msg=msg)] if wants_ack(app_mode, "AA") else []
-            return Reply(code="AA", acks=commit + app, control_id=control_id)
+        # map and resolve before the append, and hand the result to the mapping worker (cache) before
+        # the record can reach it: the worker must never resolve the same message a second time
         try:
-            result = self.identity.resolve(map_message(msg, ctx))
+            result: MapResult | None = self.identity.resolve(map_message(msg, ctx))
+            error: GatewayError | None = None
         except GatewayError as exc:
-            return self._reject(raw, msg, exc, origin, sender)
+            result, error = None, exc
+        if error is not None and not enhanced:
+            return self._reject(raw, msg, error, origin, sender)
+        if result is not None:
+            self.cache.put(key, result)
         try:
             self._store(raw, msg, result, origin, received_at)
         except PublishError as exc:
+            self.cache.pop(key)
             return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
-        self.cache.put(key, result)
+        if enhanced:  # stored: commit ACK; then the application ACK of the mapping's outcome
+            commit = [build_ack("CA", msg=msg)] if wants_ack(accept_mode, "CA") else []
+            if error is not None:  # the mapping worker dead-letters it from hl7v2.in
+                self._count(origin, "AE", sender, msg.trigger)
+                app = [build_ack(error.ack_code, msg=msg, error=error)] if wants_ack(app_mode, "AE") else []
+                return Reply(code=error.ack_code, acks=commit + app, control_id=control_id,
+                             error=error.describe())
+            self._count(origin, "AA", sender, msg.trigger)
+            app = [build_ack("AA", msg=msg)] if wants_ack(app_mode, "AA") else []
+            return Reply(code="AA", acks=commit + app, control_id=control_id)
         self._count(origin, "AA", sender, msg.trigger)
         return Reply(code="AA", acks=[build_ack("AA", msg=msg)], control_id=control_id)
 

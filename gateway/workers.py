@@ -47,13 +47,23 @@ class Worker(threading.Thread):
         self._stop_event = threading.Event()
         self.idle = threading.Event()
         self.processed = 0
+        self._consumer: Consumer | None = None
 
     def consumer_group(self) -> str:
         """The consumer group: shared by every gateway instance, so they split the work."""
         return f"{self.settings.kafka_group_id}-{self.group}"
 
+    def lag(self) -> int | None:
+        """Records not yet handled and committed, when the log can tell (the embedded log); else None."""
+        consumer = self._consumer
+        lag = getattr(consumer, "lag", None)
+        if consumer is None or lag is None:
+            return None
+        return int(lag())
+
     def run(self) -> None:
         consumer = self.log.consumer(self.consumer_group(), self.topics)
+        self._consumer = consumer
         try:
             self._loop(consumer)
         finally:

@@ -221,6 +221,17 @@ class EmbeddedConsumer:
             self._positions[rec.topic] = rec.offset
         return out
 
+    def lag(self) -> int:
+        """Records of this consumer's topics after its committed positions (0 = caught up)."""
+        committed = dict(self._committed)  # may be called from another thread: its own connection
+        conn = _connect(self._log.path)
+        try:
+            return sum(int(conn.execute("SELECT count(*) FROM records WHERE topic = ? AND seq > ?",
+                                        (topic, committed.get(topic, 0))).fetchone()[0])
+                       for topic in self._topics)
+        finally:
+            conn.close()
+
     def commit(self) -> None:
         changed = [(t, s) for t, s in self._positions.items() if self._committed.get(t) != s]
         if not changed:
