@@ -123,8 +123,12 @@ def _instance_id(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) -> FastAPI:
+    """The HTTP app: POST /hl7v2, /fhir (store, Défi Santé, subscriptions), /console, /healthz, /metrics.
+
+    ``console_options`` are passed to the console router (tests: its config, stream timings)."""
     from connectors.http import make_hl7v2_router
+    from gateway.console import make_console_router
     from gateway.defisante.routes import make_defisante_router
     from gateway.http import install_fhir_error_handler, make_fhir_router
 
@@ -133,6 +137,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
     app.include_router(make_defisante_router(lambda: gateway.defisante), prefix="/fhir")
+    app.include_router(make_console_router(lambda: gateway, **(console_options or {})))
     app.include_router(make_subscription_router(lambda: gateway.subscriptions), prefix="/fhir")
     app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
     install_fhir_error_handler(app)
@@ -177,7 +182,7 @@ async def serve(settings: Settings) -> None:
                                             receiver=gateway.intake,
                                             session_timeout_ms=settings.kafka_session_timeout_ms))
     config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
-                            access_log=False, lifespan="off")
+                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -117,3 +117,35 @@ def test_bad_pharmacy_messages_are_ae_and_dead_lettered(gateway: Gateway, segmen
     assert reply.code == "AE"
     (dead,) = list_deadletters(gateway)
     assert (dead.stage, dead.hl7_code) == ("map", hl7_code)
+
+
+def test_a_pharmacy_message_never_erases_what_a_site_registered(tmp_path: Path) -> None:
+    """A pharmacy's PID often carries only the NAM: it adds identifiers, never blanks the name."""
+    from gateway.pharmacy.samples import dispense_message, nam_of_er_sample
+    from gateway.samples import er_message
+    from gateway.settings import load_settings
+
+    gw = Gateway(load_settings(data_dir=tmp_path / "var"))
+    gw.start_workers()
+    try:
+        origin = Origin("test", "pharmacy-after-site")
+        assert gw.intake.receive(er_message(3), origin).code == "AA"
+        assert wait_drained(gw, timeout_s=60)
+        nam = nam_of_er_sample(3)
+        _q, page = gw.store.search("Patient", [("identifier", nam)])
+        before = page.entries[0].resource
+        assert before is not None
+        assert before["name"]
+        rds = dispense_message(nam, "99100001", "Oxycodone 5 mg", when=datetime(2026, 1, 2, 10, 0), control_id="RDS-1")
+        assert gw.intake.receive(rds, origin).code == "AA"
+        assert wait_drained(gw, timeout_s=60)
+        _q, page = gw.store.search("Patient", [("identifier", nam)])
+        after = page.entries[0].resource
+        assert after is not None
+        assert after["name"] == before["name"]
+        assert after.get("birthDate") == before.get("birthDate")
+        assert after.get("gender") == before.get("gender")
+        _q, meds = gw.store.search("MedicationDispense", [("patient", f"Patient/{after['id']}")])
+        assert len(meds.entries) == 1  # the dispense itself landed on the site's patient
+    finally:
+        gw.close()

@@ -36,6 +36,7 @@ from gateway.identity.keys import (
 from gateway.identity.reversal import CANCELS, carry_forward, matches_cancel, reverse
 from mappings import MapResult, stable_id
 from mappings.datatypes.identifiers import NAM_SYSTEM
+from mappings.pharmacy import PHARMACY_TRIGGERS
 from mappings.segments.patient import patient_key
 
 JSON = dict[str, Any]
@@ -341,6 +342,10 @@ class Resolution:
         mapped = next(m for m, p in reversed(self.groups) if self.ix.final(p) == person)
         stored = self.ix.resource("Patient", person)
         best_ms, base, fresh = self.ev, mapped, True
+        if stored is not None and self.result.message_code.strip().upper() in PHARMACY_TRIGGERS:
+            # a pharmacy knows the person by NAM (often with little else): it adds identifiers but
+            # never replaces the demographics a site registered
+            best_ms, base, fresh = stored.event_ms, stored.body, False
         for candidate in (stored, self.inherited.get(person)):
             if candidate is not None and best_ms is not None and candidate.event_ms > best_ms:
                 best_ms, base, fresh = candidate.event_ms, candidate.body, False

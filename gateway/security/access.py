@@ -72,12 +72,27 @@ def classify(method: str, path: str) -> Route:
         return Route((Access("metrics", "r"),))
     if path == "/hl7v2":
         return Route((Access("hl7v2", "c"),))
+    if path == "/console" or path.startswith("/console/"):
+        return _console(method, path)
     if path == "/fhir" or path.startswith("/fhir/"):
         return _fhir(method, path[len("/fhir"):].strip("/").split("/") if path != "/fhir" else [])
     if "defi-sante" in path or "defisante" in path:
         letter = "r" if method in ("GET", "HEAD") else "c"
         return Route((Access("defi-sante", letter),), audit=AuditKind("operation", "R" if letter == "r" else "E"))
     return Route((Access("*", FULL),))
+
+
+def _console(method: str, path: str) -> Route:
+    """The console's entries (table: gateway/console/access.py); deny by default."""
+    from gateway.console.access import console_access  # lazy: the console package imports much of the gateway
+
+    need = console_access(method, path)
+    if need is None:
+        return Route((Access("*", FULL),))
+    if need.open:
+        return Route(open=True)
+    audit = AuditKind("operation", "R", "Patient" if need.patient else "", need.patient) if need.audited else None
+    return Route((Access(need.resource, need.letters),), audit=audit)
 
 
 def _fhir(method: str, parts: list[str]) -> Route:

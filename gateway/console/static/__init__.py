@@ -1,0 +1,1 @@
+"""Static files of the console (a package only so that package-data ships them in the wheel)."""
