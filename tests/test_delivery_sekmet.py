@@ -220,18 +220,18 @@ def test_refused_bundle_becomes_a_dead_letter_and_can_be_replayed(
 
 def test_server_killed_mid_stream_loses_and_duplicates_nothing(
         tmp_path: Path, sekmet_server: SekmetServer) -> None:
-    n = 200
+    n = 1000  # the 1,000-message feed
     pipe = Pipeline(tmp_path, sekmet_server)
     pipe.append([_bundle(i) for i in range(n)])
     pipe.sink.start()
     try:
-        _wait(lambda: pipe.sink.delivered >= 40, 60)
+        _wait(lambda: pipe.sink.delivered >= 200, 120)
         sekmet_server.kill()  # SIGKILL, possibly in the middle of a transaction
         down_at = pipe.sink.delivered
         time.sleep(2.0)
         assert pipe.sink.delivered <= down_at + 1
         sekmet_server.start()
-        pipe.drain(90)
+        pipe.drain(240)
         assert pipe.sink.client.retries > 0
     finally:
         pipe.close()
