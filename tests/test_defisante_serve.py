@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,19 @@ def test_walkthrough_simulate_ingest_enroll_alert_restart(serve_factory: Any, tm
         return found if len(nams & wanted) >= 0.95 * len(wanted) else []
 
     found = wait_until(listed, timeout_s=90, interval_s=0.5)
+    # the ingest may still be draining into the store (slow on a loaded machine): compare with the
+    # CLI only once the list has stopped changing
+    def stored() -> int:
+        return int(httpx.get(f"{gw.base}/fhir/Encounter", params={"_summary": "count"}, timeout=30).json()["total"])
+
+    deadline = time.monotonic() + 120
+    count = stored()
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        again, count_again = listed(), stored()
+        if count_again == count and [e["resource"]["id"] for e in again] == [e["resource"]["id"] for e in found]:
+            break
+        found, count = again, count_again
     nams = [next(i["value"] for i in e["resource"]["identifier"] if i["system"] == codes.NAM_SYSTEM) for e in found]
     assert len(set(nams) & wanted) / len(nams) >= 0.95
     cli = _pivot(env, "candidates", "--csv")
