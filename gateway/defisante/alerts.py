@@ -42,7 +42,7 @@ from gateway.errors import PublishError, StoreError
 from gateway.eventlog.base import OutRecord
 from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
-from gateway.fhirstore.dates import date_range
+from gateway.fhirstore.dates import start_ms as _ms
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.topics import ALERTS
@@ -51,15 +51,6 @@ from mappings import MapResult
 log = logging.getLogger("pivot.defisante")
 ALERT_SCHEMA_VERSION = 1
 _OPEN = frozenset({"arrived", "triaged", "in-progress", "onleave", "unknown"})
-
-
-def _ms(text: object) -> int | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return date_range(text)[0]
-    except ValueError:
-        return None
 
 
 def _shown(text: str) -> str:

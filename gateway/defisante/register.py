@@ -33,7 +33,7 @@ from urllib.parse import unquote
 
 from gateway.defisante.codes import EMERGENCY, INPATIENT, JSON, NAM_SYSTEM, ref_id
 from gateway.fhirstore import FhirStore
-from gateway.fhirstore.dates import date_range
+from gateway.fhirstore.dates import start_ms as _ms
 
 _CURRENT = ("SELECT {projection} FROM resources r JOIN versions v ON v.rk = r.rk AND v.version = r.version "
             "WHERE r.rtype = ? AND r.deleted = 0")
@@ -134,15 +134,6 @@ def store_version(store: FhirStore) -> int:
     with store.reading() as conn:
         row = conn.execute("SELECT max(seq) FROM versions").fetchone()
     return int(row[0] or 0)
-
-
-def _ms(text: object) -> int | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return date_range(text)[0]
-    except ValueError:
-        return None
 
 
 def site_of(resource: JSON) -> str:

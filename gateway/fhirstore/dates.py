@@ -120,3 +120,13 @@ def instant_text(ms: int) -> str:
     """An instant as FHIR text, UTC with milliseconds: ``2026-03-01T14:05:09.120Z``."""
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def start_ms(text: object) -> int | None:
+    """The start of a FHIR date/dateTime/instant in epoch ms; None when absent or unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return date_range(text)[0]
+    except ValueError:
+        return None

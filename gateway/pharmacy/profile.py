@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.fhirstore.dates import date_range
+from gateway.fhirstore.dates import start_ms
 from gateway.pharmacy.config import ProfilePolicy
 from mappings.pharmacy.codemaps import ATC_SYSTEM, DIN_SYSTEM, time_unit
 from mappings.pharmacy.segments import PROFILE_URL
@@ -90,14 +90,7 @@ class DrugState:
     fills: list[Fill] = field(default_factory=list)
 
 
-def ms_of(text: object) -> int | None:
-    """The start of a FHIR date/dateTime/instant in ms, None when unreadable."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return date_range(text)[0]
-    except ValueError:
-        return None
+ms_of = start_ms  # the start of a FHIR date/dateTime/instant in ms, None when unreadable
 
 
 def day_ms(text: object) -> int | None:
