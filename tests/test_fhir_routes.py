@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore.params import SEARCH_PARAMS, include_params
-from gateway.http import make_fhir_router
 from tests.test_fhirstore_data import MRN, NAM, condition, encounter, patient
 
 FHIR = "application/fhir+json"
 CANARY = "Canarifamille"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FhirStore]:
-    s = FhirStore(tmp_path / "fhir.sqlite")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def client(store: FhirStore) -> TestClient:
-    app = FastAPI()
-    app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
-    return TestClient(app, raise_server_exceptions=False)
 
 
 def _outcome(resp: Any, status: int) -> dict[str, Any]:

@@ -2,33 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from gateway.fhirstore import FhirStore
-from gateway.http import make_fhir_router
 from tests.test_fhirstore_data import NAM, VISIT, condition, encounter, patient
 
 CANARY = "Canarifamille"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[FhirStore]:
-    s = FhirStore(tmp_path / "fhir.sqlite")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def client(store: FhirStore) -> TestClient:
-    app = FastAPI()
-    app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
-    return TestClient(app, raise_server_exceptions=False)
 
 
 def _without_id(resource: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
 from gateway.pharmacy import PharmacyRules
 from gateway.pharmacy.config import KINDS
-from mappings import MapResult
-from tests.test_pharmacy_support import dispense, enroll, map_raw, open_store, settings_for, sink
+from tests.test_pharmacy_support import dispense, enroll, feed, open_store, settings_for
 
 JSON = dict[str, Any]
 SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "defisante" / "alert-event.schema.json"
@@ -41,12 +40,6 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FhirStore
 def rules(store: FhirStore, tmp_path: Path) -> PharmacyRules:
     return PharmacyRules(store, settings_for(tmp_path))
 
-
-def feed(rules: PharmacyRules, raw: bytes, received_at: str) -> tuple[MapResult, list[OutRecord]]:
-    result = map_raw(raw)
-    assert rules.store is not None
-    sink(rules.store, result)
-    return result, rules.on_mapped(result, received_at)
 
 
 def enrolled(rules: PharmacyRules) -> str:

@@ -10,18 +10,16 @@ from typing import Any
 
 import pytest
 
-from gateway.eventlog.base import OutRecord
 from gateway.fhirstore import FhirStore
 from gateway.pharmacy import PharmacyRules
 from gateway.pharmacy.statements import statement_id
-from mappings import MapResult
 from tests.test_pharmacy_support import (
     dispense,
+    feed,
     map_raw,
     open_store,
     profile,
     settings_for,
-    sink,
     stop_order,
 )
 
@@ -38,13 +36,6 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FhirStore
 def rules(store: FhirStore, tmp_path: Path) -> PharmacyRules:
     return PharmacyRules(store, settings_for(tmp_path))
 
-
-def feed(rules: PharmacyRules, raw: bytes, received_at: str) -> tuple[MapResult, list[OutRecord]]:
-    """Map, sink into the store (as the store sink does) and run the rules."""
-    result = map_raw(raw)
-    assert rules.store is not None
-    sink(rules.store, result)
-    return result, rules.on_mapped(result, received_at)
 
 
 def statements(store: FhirStore, patient_id: str, status: str | None = None) -> dict[str, JSON]:

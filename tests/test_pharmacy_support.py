@@ -18,9 +18,11 @@ import pytest
 
 from gateway.defisante.enrollment import enroll_resources, parse_enroll
 from gateway.errors import ConfigError
+from gateway.eventlog.base import OutRecord
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore import params as store_params
 from gateway.hl7v2 import parse
+from gateway.pharmacy import PharmacyRules
 from gateway.pharmacy.config import load_policy
 from gateway.settings import Settings, load_settings
 from mappings import IdentifierSystems, MapContext, MapResult, Profiles
@@ -131,6 +133,14 @@ def settings_for(tmp_path: Path) -> Settings:
 def sink(store: FhirStore, result: MapResult) -> None:
     """What the store sink does with a mapped message: upsert every resource."""
     store.upsert_many(result.resources)
+
+
+def feed(rules: PharmacyRules, raw: bytes, received_at: str) -> tuple[MapResult, list[OutRecord]]:
+    """Map, sink into the store (as the store sink does) and run the rules."""
+    result = map_raw(raw)
+    assert rules.store is not None
+    sink(rules.store, result)
+    return result, rules.on_mapped(result, received_at)
 
 
 def enroll(store: FhirStore, patient_id: str, *, case_manager: str = "cm-1") -> list[dict[str, Any]]:
