@@ -6,6 +6,7 @@
     pivot outcomes [--csv]            Défi Santé: ER visits before / since enrollment
     pivot simulate …                  a simulated year of ER ADT and its ground truth
     pivot deadletter list             list dead letters (id, stage, codes, sender, MSH-10, reason)
+    pivot deadletter show ID          one dead letter with hl7apy's strict diagnostics (positions)
     pivot deadletter replay ID…       send dead letters through the intake again
 """
 
@@ -21,7 +22,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.settings import Settings, load_settings
 
 
-def _setup_logging(level: str) -> None:
+def setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     # HTTP client libraries log full request URLs (a conditional update carries ?identifier=<NAM>):
@@ -43,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("deadletter", help="dead letters: list or replay")
     dls = dl.add_subparsers(dest="action", required=True)
     dls.add_parser("list", help="list dead letters")
+    show = dls.add_parser("show", help="one dead letter: its reason and hl7apy's strict diagnostics")
+    show.add_argument("id", help="an id shown by 'pivot deadletter list'")
     rp = dls.add_parser("replay", help="send dead letters through the intake again")
     rp.add_argument("ids", nargs="+", help="ids shown by 'pivot deadletter list'")
     sub.add_parser("config", help="print the effective settings (no secrets)")
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pivot: configuration error: {exc.message}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    setup_logging(settings.log_level)
     try:
         return _run(args, settings)
     except ConfigError as exc:
@@ -140,11 +143,18 @@ def _ingest(gateway: object, args: argparse.Namespace) -> int:
 
 def _deadletter(gateway: object, args: argparse.Namespace) -> int:
     from gateway.app import Gateway
-    from gateway.deadletters import list_deadletters, print_deadletters, replay
+    from gateway.deadletters import list_deadletters, print_deadletter, print_deadletters, replay
 
     assert isinstance(gateway, Gateway)
     if args.action == "list":
         print_deadletters(list_deadletters(gateway))
+        return 0
+    if args.action == "show":
+        found = [d for d in list_deadletters(gateway) if d.id == args.id]
+        if not found:
+            print(f"no dead letter with id {args.id}")
+            return 1
+        print_deadletter(found[0])
         return 0
     failures = 0
     for ref in args.ids:

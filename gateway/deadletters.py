@@ -60,6 +60,31 @@ def print_deadletters(items: list[DeadLetter]) -> None:
     Console(width=200).print(table)
 
 
+def diagnostics(raw: bytes) -> list[str]:
+    """hl7apy's strict reading of a refused message: positions and problems only, never values.
+
+    Computed when someone looks (``pivot deadletter show``), not when the message is refused: it
+    costs ~20 ms of CPU per message, which a flood of bad input would otherwise take from the ACKs
+    of every other sender."""
+    from gateway.hl7v2.diagnose import diagnose
+
+    if len(raw) > 256 * 1024 or b"MSH" not in raw[:16]:
+        return []
+    return [f"{where}: {what}" for where, what in diagnose(raw.decode("latin-1"))[:20]]
+
+
+def print_deadletter(item: DeadLetter) -> None:
+    """One dead letter: its headers (no health data) and the strict diagnostics; never the raw bytes."""
+    for label, value in (("id", item.id), ("at", item.at), ("stage", item.stage), ("code", item.code),
+                         ("0357", item.hl7_code), ("sender", item.sender), ("MSH-10", item.control_id),
+                         ("bytes", str(item.size)), ("reason", item.reason)):
+        print(f"{label:<8}{value}")
+    found = diagnostics(item.raw) if item.stage != "deliver" else []
+    print("hl7apy (strict):" if found else "hl7apy (strict): nothing more to report")
+    for line in found:
+        print(f"  {line}")
+
+
 def replay(gateway: Gateway, ref: str) -> Reply:
     """Send one dead letter through the intake again (its duplicate entry is forgotten first).
 

@@ -28,7 +28,6 @@ from gateway.envelope import deadletter_headers, inbound_headers, now_iso
 from gateway.errors import GatewayError, MapError, ParseError, PublishError
 from gateway.eventlog.base import EventLog, OutRecord
 from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
-from gateway.hl7v2.diagnose import diagnose
 from gateway.hl7v2.tokenizer import Message, parse, parse_text, split_segments
 from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
@@ -55,6 +54,9 @@ class MapCache:
     def pop(self, key: str) -> MapResult | None:
         with self._lock:
             return self._items.pop(key, None)
+
+    def close(self) -> None:
+        """Nothing to release in memory (gateway.handoff.SharedMapCache closes its database)."""
 
 
 class Intake:
@@ -188,8 +190,7 @@ class Intake:
         code = exc.ack_code
         transient = False
         try:
-            self._dead(raw, exc, stage=_stage(exc), sender=sender, control_id=control_id, origin=origin,
-                       diagnostics=_diagnostics(raw))
+            self._dead(raw, exc, stage=_stage(exc), sender=sender, control_id=control_id, origin=origin)
         except PublishError as down:
             exc, code, transient = down, "AR", True
         self._count(origin, code, sender, msg.trigger if msg is not None else "")
@@ -210,12 +211,10 @@ class Intake:
                      control_id=msg.control_id, error=exc.describe(), transient=True)
 
     def _dead(self, raw: bytes, exc: GatewayError, *, stage: str, sender: str, control_id: str,
-              origin: Origin, diagnostics: str = "") -> None:
+              origin: Origin) -> None:
         headers = deadletter_headers(stage=stage, code=exc.code, hl7_code=exc.hl7_code,
                                      reason=exc.describe(), sender=sender, control_id=control_id,
                                      transport=origin.transport, source_ref=origin.peer)
-        if diagnostics:
-            headers["diagnostics"] = diagnostics
         self.log.append(OutRecord(topic=self.topic_dead, value=raw, key=sender.encode(), headers=headers))
         self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
                          stage=stage, sender=sender)
@@ -225,14 +224,6 @@ class Intake:
                          transport=origin.transport, code=code, sender=sender, trigger=trigger,
                          duplicate="true" if duplicate else "false")
         self.metrics.gauge_now("pivot_last_message_timestamp_seconds", sender=sender)
-
-
-def _diagnostics(raw: bytes) -> str:
-    """hl7apy's strict reading of a refused message (positions and problems only, no values)."""
-    if len(raw) > 256 * 1024 or b"MSH" not in raw[:16]:
-        return ""
-    problems = diagnose(raw.decode("latin-1"))
-    return "; ".join(f"{where}: {what}" for where, what in problems[:10])[:1000]
 
 
 def _stage(exc: GatewayError) -> str:

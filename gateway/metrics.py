@@ -9,6 +9,7 @@ import bisect
 import threading
 import time
 from collections import defaultdict
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
 _BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -69,6 +70,32 @@ class Metrics:
     def total(self, name: str) -> float:
         with self._lock:
             return sum(self._counters.get(name, {}).values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything recorded, as JSON-able data (what another process of this gateway merges)."""
+        with self._lock:
+            return {"help": dict(self._help),
+                    "counters": [[n, list(map(list, k)), v] for n, s in self._counters.items() for k, v in s.items()],
+                    "gauges": [[n, list(map(list, k)), v] for n, s in self._gauges.items() for k, v in s.items()],
+                    "hist": [[n, list(map(list, k)), list(r)] for n, s in self._hist.items() for k, r in s.items()]}
+
+    def merged(self, *snapshots: dict[str, Any]) -> Metrics:
+        """A new Metrics: this one plus ``snapshots`` (counters and histograms summed, newest gauge)."""
+        out = Metrics()
+        for snap in (self.snapshot(), *snapshots):
+            out._help.update({k: v for k, v in snap.get("help", {}).items() if k not in out._help})
+            for name, key, value in snap.get("counters", []):
+                series = out._counters[name]
+                k = tuple((str(a), str(b)) for a, b in key)
+                series[k] = series.get(k, 0.0) + float(value)
+            for name, key, value in snap.get("gauges", []):
+                k = tuple((str(a), str(b)) for a, b in key)
+                out._gauges[name][k] = max(out._gauges[name].get(k, 0.0), float(value))
+            for name, key, row in snap.get("hist", []):
+                k = tuple((str(a), str(b)) for a, b in key)
+                mine = out._hist[name].get(k) or [0.0] * (len(_BUCKETS) + 2)
+                out._hist[name][k] = [a + float(b) for a, b in zip(mine, row, strict=True)]
+        return out
 
     def render(self) -> str:
         lines: list[str] = []

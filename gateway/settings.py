@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     mllp_tls_key: Path | None = Field(None, description="PEM private key of the MLLP TLS certificate")
     mllp_tls_client_ca: Path | None = Field(None, description="PEM CA bundle that signs MLLP client certs")
     mllp_tls_require_client_cert: bool = Field(False, description="MLLP mTLS: refuse clients without a cert")
+    mllp_process: bool = Field(True, description="embedded mode: MLLP listener in its own process (ACK latency)")
     mllp_plain: bool = Field(False, description="allow plain (non-TLS) MLLP on a non-loopback address")
 
     @property

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.base import Origin
 from gateway.app import Gateway
-from gateway.deadletters import list_deadletters, replay
+from gateway.deadletters import diagnostics, list_deadletters, print_deadletter, replay
 from gateway.drain import wait_drained
 from gateway.samples import er_message
 from gateway.settings import load_settings
@@ -81,3 +81,23 @@ def test_deadletter_list_and_replay(gateway: Gateway) -> None:
     reply = replay(gateway, items[0].id)
     assert reply.code == "AE"  # still broken: refused again, with its reason
     assert len(list_deadletters(gateway)) == 2
+
+
+def test_deadletter_show_gives_hl7apy_positions_never_values(gateway: Gateway,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The strict diagnostics are computed when someone looks, not on the ACK path."""
+    text = er_message(9).decode()
+    broken = "\r".join(s for s in text.split("\r") if not s.startswith("PID")).encode()
+    assert gateway.intake.receive(broken, Origin("test", "unit")).code == "AE"
+    item = list_deadletters(gateway)[0]
+    assert "diagnostics" not in gateway.log.read_all("pivot.deadletter")[0].headers
+    found = diagnostics(item.raw)
+    assert any("PID" in line for line in found), found
+    print_deadletter(item)
+    out = capsys.readouterr().out
+    assert item.reason in out
+    assert "hl7apy (strict):" in out
+    values = {v for seg in broken.decode().split("\r")[1:] for v in seg.replace("^", "|").split("|")[1:]
+              if len(v) >= 5 and v.isalpha()}
+    assert values
+    assert not [v for v in values if v in out]

@@ -5,6 +5,11 @@ commit): a caller returns only after the commit, i.e. after the fsync. Every top
 partition (0); the offset is a global sequence number. Consumer groups keep their committed
 offsets in the same file. Semantics are those of one gateway process (plus CLI commands such as
 ``pivot ingest`` appending from another process: consumers re-query at least every 200 ms).
+
+Across processes of one gateway (the MLLP listener process, gateway.listener) a pipe carries the
+wake-ups: the writing process passes ``notify_fd`` (one byte written after each commit), the
+reading process calls :meth:`EmbeddedLog.follow` on the other end, so its consumers see a record
+appended elsewhere as soon as it is committed, not at the next 200 ms re-query.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import queue
+import select
 import sqlite3
 import threading
 import time
@@ -44,6 +50,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def begin_immediate(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """BEGIN IMMEDIATE, waiting for the write lock in steps of at most 2 ms.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries: behind another
+    process's 5 ms transaction an ACK would wait ~20 ms. The connection's busy timeout is 0; this
+    loop does the waiting."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.0002
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.002)
+
+
 def secure_file(path: Path) -> None:
     """Create ``path`` (and its SQLite side files later inherit the umask) readable by us only."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +82,9 @@ def secure_file(path: Path) -> None:
 class EmbeddedLog:
     """EventLog on SQLite. Thread-safe; durable on return from ``append``/``append_many``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, notify_fd: int | None = None) -> None:
         self.path = path
+        self._notify_fd = notify_fd
         secure_file(path)
         old = os.umask(0o077)
         try:
@@ -66,6 +93,7 @@ class EmbeddedLog:
             # WAL checkpoints (copying the WAL into the database, with its own fsyncs) would run inside
             # whichever append crossed the threshold and stall that ACK: a background thread does them
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._conn.execute("PRAGMA busy_timeout=0")  # begin_immediate waits, in short steps
         finally:
             os.umask(old)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -132,7 +160,7 @@ class EmbeddedLog:
                 rows.append((r.topic, r.key, r.value, json.dumps(r.headers), now))
         error: BaseException | None = None
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(self._conn)
             self._conn.executemany(
                 "INSERT INTO records(topic, key, value, headers, ts) VALUES (?,?,?,?,?)", rows)
             self._conn.execute("COMMIT")
@@ -145,8 +173,31 @@ class EmbeddedLog:
             if error is not None:
                 slot.append(error)
             done.set()
+        self._wake()
+        if self._notify_fd is not None and error is None:
+            with contextlib.suppress(OSError):  # a full pipe already holds a wake-up; a closed one: no reader
+                os.write(self._notify_fd, b"\x01")
+
+    def _wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
+
+    def follow(self, fd: int) -> None:
+        """Wake this process's consumers on every byte read from ``fd`` (commits of another process)."""
+        def loop() -> None:
+            while not self._closed:
+                ready, _, _ = select.select([fd], [], [], 0.5)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self._wake()
+
+        threading.Thread(target=loop, name="eventlog-follow", daemon=True).start()
 
     # -- reading ---------------------------------------------------------------------------------
     def consumer(self, group: str, topics: list[str], *, from_beginning: bool = True) -> EmbeddedConsumer:
