@@ -67,7 +67,8 @@ class Gateway:
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
         self.subscriptions = SubscriptionEngine(self.store, SubscriptionConfig(
             base_url=f"http://{settings.host}:{settings.http_port}/fhir",
-            state_path=settings.data_dir / "subscriptions.sqlite"))
+            state_path=settings.data_dir / "subscriptions.sqlite",
+            audit=self.security.audit, allow_private=settings.subscription_allow_private))
         self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
         self.cache: MapCache = MapCache()
         if listener_process:
@@ -81,10 +82,11 @@ class Gateway:
 
         conformance.resources()
         self.defisante = DefiSante(self.store, self.log, settings)
-        self.rules = DefiSanteRules(self.store, settings, self.defisante.config, self.metrics)
+        self.rules = DefiSanteRules(self.store, settings, self.defisante.config, self.metrics,
+                                    audit=self.security.audit)
         from gateway.pharmacy import PharmacyRules
 
-        self.pharmacy = PharmacyRules(self.store, settings, metrics=self.metrics)
+        self.pharmacy = PharmacyRules(self.store, settings, metrics=self.metrics, audit=self.security.audit)
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
                              self.cache, self.identity, authorize=self.security.authorize_message)
         self.workers: list[Worker] = []

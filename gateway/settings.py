@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     mllp_tls_require_client_cert: bool = Field(False, description="MLLP mTLS: refuse clients without a cert")
     mllp_process: bool = Field(True, description="embedded mode: MLLP listener in its own process (ACK latency)")
     mllp_plain: bool = Field(False, description="allow plain (non-TLS) MLLP on a non-loopback address")
+    subscription_allow_private: bool = Field(
+        False, description="allow subscriber endpoints on loopback, link-local or private addresses")
 
     @property
     def embedded(self) -> bool:

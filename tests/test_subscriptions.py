@@ -182,7 +182,7 @@ FAST = RetryPolicy(initial_s=0.05, factor=2.0, max_s=0.2, error_after=3, slow_s=
 
 def _make_engine(store: FhirStore, tmp_path: Path) -> SubscriptionEngine:
     config = SubscriptionConfig(base_url="http://testserver/fhir", state_path=tmp_path / "subscriptions.sqlite",
-                                retry=FAST, timeout_s=2.0)
+                                retry=FAST, timeout_s=2.0, allow_private=True)  # loopback receivers
     engine = SubscriptionEngine(store, config)
     engine.start()
     return engine
@@ -562,7 +562,7 @@ def test_hl7v2_er_arrival_through_the_store_sink(tmp_path: Path) -> None:
     audited: list[Delivered] = []
     engine = SubscriptionEngine(gateway.store, SubscriptionConfig(
         base_url="http://127.0.0.1:8080/fhir", state_path=tmp_path / "var" / "subscriptions.sqlite", retry=FAST,
-        on_delivered=audited.append))
+        on_delivered=audited.append, allow_private=True))
     gateway.subscriptions = engine  # the gateway's own engine, with fast retries and the audit seam
     gateway.start_workers()
     receiver = Receiver().start()

@@ -21,7 +21,9 @@ the *same* message (the worker crashed before committing and reads it again) is 
 identical, so an alert is never lost. The Communications are written to the local store at once
 (readable at /fhir before the batch is committed) and returned to the mapping worker, which
 publishes them with the message's records: ``fhir.Communication``, one ``fhir.Bundle`` (delivery)
-and one event per Communication on ``defisante.alerts`` (schema in schemas/defisante/).
+and one event per Communication on ``defisante.alerts`` (schema in schemas/defisante/). With an
+``audit`` trail, each Communication raised is also an AuditEvent (``alert``: the gateway tells its
+recipients about the Patient; references only, see gateway/security/audit_disclosure.py).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.defisante import codes
 from gateway.defisante.codes import ARRIVAL, CANCELLED, FAMILY, JSON, ref_id
@@ -44,9 +46,13 @@ from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore.dates import start_ms as _ms
 from gateway.metrics import Metrics
+from gateway.security.audit_disclosure import alert_disclosure
 from gateway.settings import Settings
 from gateway.topics import ALERTS
 from mappings import MapResult
+
+if TYPE_CHECKING:
+    from gateway.security.audit_trail import AuditTrail
 
 log = logging.getLogger("pivot.defisante")
 ALERT_SCHEMA_VERSION = 1
@@ -72,15 +78,18 @@ def _reason(enc: JSON, resources: list[JSON]) -> tuple[str, list[JSON]]:
 class DefiSanteRules:
     """The program's rule hook of the mapping worker (see the module docstring).
 
-    Without a store (``DefiSanteRules()``, as a worker built alone gets) it raises nothing.
+    Without a store (``DefiSanteRules()``, as a worker built alone gets) it raises nothing; with an
+    ``audit`` trail each alert raised is an AuditEvent.
     """
 
     def __init__(self, store: FhirStore | None = None, settings: Settings | None = None,
-                 config: ProgramConfig | None = None, metrics: Metrics | None = None) -> None:
+                 config: ProgramConfig | None = None, metrics: Metrics | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.store = store
         self.settings = settings
         self.config = config or load_config()
         self.metrics = metrics or Metrics()
+        self.audit = audit
 
     def close(self) -> None:
         return None
@@ -234,6 +243,8 @@ class DefiSanteRules:
                                  headers={"schema_version": str(ALERT_SCHEMA_VERSION), "kind": kind,
                                           "msh10": result.control_id, "sender": result.sender}))
             self.metrics.inc("pivot_defisante_alerts_total", help_text="Défi Santé Communications raised", kind=kind)
+            if self.audit is not None:
+                self.audit.disclose(alert_disclosure(comm, kind))
             log.info("defisante alert kind=%s communication=%s encounter=%s control_id=%s", kind, comm["id"],
                      enc["id"], result.control_id)
         return out

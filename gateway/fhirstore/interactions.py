@@ -22,6 +22,7 @@ from gateway.errors import StoreError, ValidateError
 from gateway.fhir.models import validate
 from gateway.fhirstore.query import Params, parse_search
 from gateway.fhirstore.search import Entry, Page, read_current, search
+from gateway.fhirstore.secrets import has_masked, keep_secrets
 from gateway.fhirstore.writer import Outcome, Writer, check_id, check_type
 
 JSON = dict[str, Any]
@@ -168,5 +169,15 @@ def execute(writer: Writer, inter: Interaction) -> Result:
         return Result(200, outcome=Outcome(entry.rtype, entry.id, entry.version, entry.lu_ms, "unchanged",
                                            entry.resource))
     resource = {**(inter.resource or {}), "id": inter.target}
+    if has_masked(resource):  # a Subscription read through the API and written back: keep its secrets
+        resource = keep_secrets(resource, _stored(writer, inter.rtype, inter.target))
     outcome = writer.put(resource, if_match=inter.if_match, method=inter.method)
     return Result(201 if outcome.status == "created" else 200, outcome=outcome)
+
+
+def _stored(writer: Writer, rtype: str, rid: str) -> JSON | None:
+    """The current version of a live resource, None when absent or deleted."""
+    try:
+        return read_current(writer.conn, rtype, rid).resource
+    except StoreError:
+        return None

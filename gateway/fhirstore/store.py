@@ -16,6 +16,11 @@ order). The call comes after COMMIT (never inside the SQLite transaction) but st
 write lock, so listeners see commits in commit order; a listener must therefore be quick and must
 not write to the store (hand the changes to a queue). A listener that raises is logged (exception
 type only) and never fails the write.
+
+Write checks (``add_write_check``): called by the FHIR API (create, update, transaction and batch
+entries) with each resource of that type a client is about to write, before the write lock is
+taken; one raises StoreError to refuse the write (e.g. the subscription engine refuses endpoints
+on private addresses with 422). The store's own writers (``upsert_many``, ``update``) skip them.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ log = logging.getLogger("pivot.fhirstore")
 
 StoreListener = Callable[[list[Outcome]], None]
 """Called after each committed write with what it changed (see the module docstring)."""
+WriteCheck = Callable[[dict[str, Any]], None]
+"""Called with a resource a client is about to write through the FHIR API; raises StoreError to refuse."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -109,6 +116,7 @@ class FhirStore:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._listeners: list[StoreListener] = []
+        self._write_checks: dict[str, tuple[WriteCheck, ...]] = {}
         self._conn = _connect(self.path, reader=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
@@ -153,6 +161,23 @@ class FhirStore:
         """Stop calling ``listener`` (unknown listeners are ignored)."""
         with self._lock:
             self._listeners = [x for x in self._listeners if x is not listener]
+
+    def add_write_check(self, rtype: str, check: WriteCheck) -> None:
+        """Run ``check(resource)`` before every FHIR API write of a ``rtype`` resource."""
+        with self._lock:
+            self._write_checks[rtype] = (*self._write_checks.get(rtype, ()), check)
+
+    def remove_write_check(self, rtype: str, check: WriteCheck) -> None:
+        """Stop running ``check`` (unknown checks are ignored)."""
+        with self._lock:
+            self._write_checks[rtype] = tuple(c for c in self._write_checks.get(rtype, ()) if c != check)
+
+    def check_write(self, resource: dict[str, Any] | None) -> None:
+        """The write checks of ``resource``'s type (FHIR API writes, outside the write lock)."""
+        if resource is None:
+            return
+        for check in self._write_checks.get(str(resource.get("resourceType")), ()):
+            check(resource)
 
     def _notify(self, changes: list[Outcome]) -> None:
         for listener in self._listeners:

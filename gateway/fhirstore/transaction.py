@@ -1,12 +1,13 @@
 """``POST /fhir`` with a Bundle: ``transaction`` (all or nothing) or ``batch`` (entry by entry).
 
-Transaction: every entry is checked and validated first; then, in ONE SQLite transaction, ids
-are resolved (server ids for POST, conditional look-ups), the ``fullUrl`` of each written entry
-(``urn:uuid:…`` or absolute) is mapped to ``Type/id`` and every reference in the Bundle using it
-is rewritten, conditional references (``Patient?identifier=s|v``) are resolved (exactly one
-match, else 412), and entries run in the FHIR order DELETE, POST, PUT, GET. The first failure
-rolls everything back and is answered as that entry's status and OperationOutcome (the message
-names the entry index). A reference to a ``urn:uuid`` that no entry defines is a 400.
+Transaction: every entry is checked, validated and passed to the store's write checks first; then,
+in ONE SQLite transaction, ids are resolved (server ids for POST, conditional look-ups), the
+``fullUrl`` of each written entry (``urn:uuid:…`` or absolute) is mapped to ``Type/id`` and every
+reference in the Bundle using it is rewritten, conditional references (``Patient?identifier=s|v``)
+are resolved (exactly one match, else 412), and entries run in the FHIR order DELETE, POST, PUT,
+GET. The first failure rolls everything back and is answered as that entry's status and
+OperationOutcome (the message names the entry index). A reference to a ``urn:uuid`` that no entry
+defines is a 400.
 
 Batch: each entry is checked and run alone (a savepoint each); the batch-response carries a status
 per entry, with an OperationOutcome for each failure. References are not rewritten between batch
@@ -63,6 +64,7 @@ def _transaction(store: FhirStore, entries: list[Any], base: str) -> JSON:
         try:
             inter = from_entry(entry, base)
             check(inter)
+            store.check_write(inter.resource)
         except StoreError as exc:
             raise _at(n, exc) from None
         items.append(inter)
@@ -135,6 +137,7 @@ def _batch(store: FhirStore, entries: list[Any], base: str) -> JSON:
         try:
             inter = from_entry(entry, base)
             check(inter)
+            store.check_write(inter.resource)
             if inter.resource is not None:
                 inter.resource = _rewrite(None, inter.resource, {}, base)
             prepared.append(inter)

@@ -13,11 +13,16 @@
 
 Anything else under ``/fhir`` is a 405 (unknown type, or an interaction we do not support) or a
 404 (unknown path under a known type), always as an OperationOutcome.
+
+Every answer goes through :func:`~gateway.fhirstore.secrets.mask_secrets` (Subscription header
+values come back as ``***``), and every client write through the store's write checks
+(``FhirStore.check_write``: e.g. a Subscription endpoint on a private address is a 422).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
@@ -37,6 +42,7 @@ from gateway.fhirstore.interactions import (
     resolve,
 )
 from gateway.fhirstore.params import supported
+from gateway.fhirstore.secrets import mask_secrets
 from gateway.fhirstore.transaction import process_bundle
 from gateway.http.fhir_io import (
     FhirRoute,
@@ -60,6 +66,7 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
 
     def write(inter: Interaction) -> Result:
         check(inter)
+        get_store().check_write(inter.resource)
         with get_store().writing() as writer:
             resolve(writer, inter)
             return execute(writer, inter)
@@ -70,23 +77,23 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         headers = version_headers(o.version, o.lu_ms)
         if result.status == 201:
             headers["Location"] = f"{base(request)}/{o.rtype}/{o.id}/_history/{o.version}"
-        return fhir_response(None if return_minimal(request) else o.resource, result.status, headers)
+        return _respond(None if return_minimal(request) else o.resource, result.status, headers)
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
-        return fhir_response(capability_statement(base(request)))
+        return _respond(capability_statement(base(request)))
 
     @router.post("")
     @router.post("/")
     async def bundle(request: Request) -> Response:
         body = await read_json(request)
-        return fhir_response(await run_in_threadpool(process_bundle, get_store(), body, base(request)))
+        return _respond(await run_in_threadpool(process_bundle, get_store(), body, base(request)))
 
     @router.get("/{rtype}/_history")
     def type_history(rtype: str, request: Request) -> Response:
         params = request.query_params.multi_items()
         q, page = get_store().history(rtype, None, params, strict=strict_handling(request))
-        return fhir_response(history_bundle(base(request), f"{base(request)}/{rtype}/_history", q, page))
+        return _respond(history_bundle(base(request), f"{base(request)}/{rtype}/_history", q, page))
 
     @router.get("/{rtype}/_search")
     @router.get("/{rtype}")
@@ -105,23 +112,23 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
 
     def _search(rtype: str, params: list[tuple[str, str]], request: Request) -> Response:
         q, page = get_store().search(rtype, params, strict=strict_handling(request))
-        return fhir_response(searchset(base(request), q, page))
+        return _respond(searchset(base(request), q, page))
 
     @router.get("/{rtype}/{rid}/_history")
     def instance_history(rtype: str, rid: str, request: Request) -> Response:
         params = request.query_params.multi_items()
         q, page = get_store().history(rtype, rid, params, strict=strict_handling(request))
-        return fhir_response(history_bundle(base(request), f"{base(request)}/{rtype}/{rid}/_history", q, page))
+        return _respond(history_bundle(base(request), f"{base(request)}/{rtype}/{rid}/_history", q, page))
 
     @router.get("/{rtype}/{rid}/_history/{vid}")
     def vread(rtype: str, rid: str, vid: str) -> Response:
         entry = get_store().vread(rtype, rid, vid)
-        return fhir_response(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
+        return _respond(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
 
     @router.get("/{rtype}/{rid}")
     def read(rtype: str, rid: str) -> Response:
         entry = get_store().read(rtype, rid)
-        return fhir_response(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
+        return _respond(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
 
     @router.post("/{rtype}")
     async def create(rtype: str, request: Request) -> Response:
@@ -153,8 +160,8 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         result = write(inter)
         assert result.outcome is not None
         text = "deleted" if result.outcome.changed else "already deleted"
-        return fhir_response(operation_outcome("information", "informational", text), 200,
-                             version_headers(result.outcome.version, result.outcome.lu_ms))
+        return _respond(operation_outcome("information", "informational", text), 200,
+                        version_headers(result.outcome.version, result.outcome.lu_ms))
 
     @router.api_route("", methods=_ALL_METHODS)
     @router.api_route("/{rest:path}", methods=_ALL_METHODS)
@@ -173,3 +180,8 @@ def _known(rtype: str) -> None:
     """Refuse an unsupported type before reading the body (405)."""
     if not supported(rtype):
         raise StoreError("resource type not supported by this server", status=405, issue_code="not-supported")
+
+
+def _respond(body: dict[str, Any] | None, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A FHIR JSON response of the store's API, write-only values (Subscription headers) masked."""
+    return fhir_response(mask_secrets(body), status, headers)

@@ -16,6 +16,7 @@ For a message whose type is a pharmacy one (RDS, RDE, RAS) and that carries a Pa
    (category alert, recipients the CareTeam's case managers) plus one ``defisante.alerts`` event each.
    The store is the ledger: a Communication that exists from another message (a resend) is not
    raised again; one from this very message (a crash before commit) is published again, identical.
+   With an ``audit`` trail each alert raised is also an AuditEvent (references only).
 
 Errors: a store that is busy or closed raises PublishError (the worker retries the batch); any other
 failure is logged by type with the control id only and never stops the feed (no statement or alert
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.defisante import codes
 from gateway.defisante.codes import ref_id
@@ -43,10 +44,14 @@ from gateway.pharmacy.careteam import with_pharmacists
 from gateway.pharmacy.config import ProfilePolicy, load_policy
 from gateway.pharmacy.profile import DrugState, evaluate, facts, ms_of
 from gateway.pharmacy.statements import statement
+from gateway.security.audit_disclosure import alert_disclosure
 from gateway.settings import Settings
 from gateway.topics import ALERTS
 from mappings.context import MapResult
 from mappings.pharmacy import PHARMACY_TRIGGERS
+
+if TYPE_CHECKING:
+    from gateway.security.audit_trail import AuditTrail
 
 log = logging.getLogger("pivot.pharmacy")
 JSON = dict[str, Any]
@@ -65,15 +70,18 @@ def _site(result: MapResult) -> str:
 class PharmacyRules:
     """The pharmacy rule hook of the mapping worker (module docstring); same shape as DefiSanteRules.
 
-    Without a store (``PharmacyRules()``) it does nothing.
+    Without a store (``PharmacyRules()``) it does nothing; with an ``audit`` trail each alert raised
+    is an AuditEvent.
     """
 
     def __init__(self, store: FhirStore | None = None, settings: Settings | None = None,
-                 policy: ProfilePolicy | None = None, metrics: Metrics | None = None) -> None:
+                 policy: ProfilePolicy | None = None, metrics: Metrics | None = None,
+                 audit: AuditTrail | None = None) -> None:
         self.store = store
         self.settings = settings
         self.policy = policy or load_policy()
         self.metrics = metrics or Metrics()
+        self.audit = audit
 
     def close(self) -> None:
         return None
@@ -229,6 +237,8 @@ class PharmacyRules:
                 headers={"schema_version": str(rules_alerts.ALERT_SCHEMA_VERSION), "kind": alert.kind,
                          "msh10": result.control_id, "sender": result.sender}))
             self.metrics.inc("pivot_pharmacy_alerts_total", help_text="pharmacy alerts raised", kind=alert.kind)
+            if self.audit is not None:
+                self.audit.disclose(alert_disclosure(comm, alert.kind))
             log.info("pharmacy alert kind=%s communication=%s control_id=%s", alert.kind, comm["id"],
                      result.control_id)
         return out

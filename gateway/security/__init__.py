@@ -6,6 +6,7 @@
       ├── allow-list      allowlist.py       sender identity → MSH-4 facilities, message kinds
       ├── mllp_ssl        tls.py             MLLP over TLS / mTLS, certificate CN → client id
       └── audit           audit.py, audit_trail.py   BALP AuditEvents: audit.sqlite + ``audit`` topic
+                          audit_disclosure.py        … of alerts and notifications the gateway sends
     install_security(app, security)             the ASGI guard (middleware.py) on the FastAPI app
     check_startup(settings)                     refuse an exposed gateway without auth (startup.py)
 

@@ -3,13 +3,18 @@
     request ── submit(AccessRecord) ──► queue ──► writer thread: build AuditEvent, INSERT (group
                  ▲                                 commit, synchronous=FULL), resolve the futures
                  └──── awaits the future (bounded) ─┘   then publish unpublished rows to the topic
+    alert / notification ── disclose(DisclosureRecord) ──► the same queue (nobody waits)
 
-Losses policy: **none**. The HTTP layer holds the response until its AuditEvent is committed; if
-that fails or takes longer than ``timeout_s`` the client gets 503 instead of the data (an access
-that cannot be audited is not served). The SQLite table is also the outbox of the topic: a row is
-marked published only after the event log stored it, so an event-log outage delays publication
-and loses nothing (at least once on the topic: consumers dedupe on the AuditEvent id). ``close``
-drains the queue. Nothing here logs an event's content: only counts and exception types.
+Losses policy: **none** for accesses. The HTTP layer holds the response until its AuditEvent is
+committed; if that fails or takes longer than ``timeout_s`` the client gets 503 instead of the
+data (an access that cannot be audited is not served). Disclosures (an alert raised by the rules,
+a notification sent by the subscription engine: audit_disclosure.py) have already happened when
+they are reported, so they are queued without waiting: a crash can lose the few still queued, and
+a failure to write one is counted (``pivot_audit_disclosure_failures_total``) and logged by
+exception type. The SQLite table is also the outbox of the topic: a row is marked published only
+after the event log stored it, so an event-log outage delays publication and loses nothing (at
+least once on the topic: consumers dedupe on the AuditEvent id). ``close`` drains the queue.
+Nothing here logs an event's content: only counts and exception types.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from gateway.eventlog.base import EventLog, OutRecord
 from gateway.eventlog.embedded import secure_file
 from gateway.metrics import Metrics
 from gateway.security.audit import AccessRecord, build_audit_event
+from gateway.security.audit_disclosure import DisclosureRecord, build_disclosure_event
 
 log = logging.getLogger("pivot.audit")
 
@@ -44,7 +50,7 @@ CREATE TABLE IF NOT EXISTS audit_patient (seq INTEGER NOT NULL, patient TEXT NOT
 CREATE INDEX IF NOT EXISTS audit_patient_idx ON audit_patient(patient, seq);
 """
 _BATCH = 500
-_Item = tuple[AccessRecord, "Future[str]"]
+_Item = tuple[AccessRecord | DisclosureRecord, "Future[str]"]
 
 
 def open_audit_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -83,8 +89,8 @@ class AuditTrail:
         self._thread.start()
 
     # -- request side ----------------------------------------------------------------------------
-    def submit(self, record: AccessRecord) -> Future[str]:
-        """Queue one access; the future gives the AuditEvent id once committed."""
+    def submit(self, record: AccessRecord | DisclosureRecord) -> Future[str]:
+        """Queue one access or disclosure; the future gives the AuditEvent id once committed."""
         future: Future[str] = Future()
         if self._closed:
             future.set_exception(RuntimeError("audit trail closed"))
@@ -101,6 +107,17 @@ class AuditTrail:
             log.error("audit write failed: %s", type(exc).__name__)
             return False
         return True
+
+    def disclose(self, record: DisclosureRecord) -> None:
+        """Queue the AuditEvent of an alert or a notification (done already: nobody waits for it)."""
+        self.submit(record).add_done_callback(self._disclosed)
+
+    def _disclosed(self, future: Future[str]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.metrics.inc("pivot_audit_disclosure_failures_total",
+                             help_text="alerts and notifications whose AuditEvent could not be written")
+            log.error("audit write of a disclosure failed: %s",
+                      "cancelled" if future.cancelled() else type(future.exception()).__name__)
 
     # -- writer ----------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -134,7 +151,8 @@ class AuditTrail:
         rows = []
         for record, future in batch:
             try:
-                event, patients = build_audit_event(record)
+                event, patients = (build_audit_event(record) if isinstance(record, AccessRecord)
+                                   else build_disclosure_event(record))
             except Exception as exc:  # noqa: BLE001 - one bad record must not sink the batch
                 _settle(future, error=exc)
                 continue

@@ -5,13 +5,15 @@
     authz.py     the care-team rule (owner Organization in the client's active CareTeam)
     state.py     event numbers, queues and failures per subscription (subscriptions.sqlite)
     notify.py    notification Bundles: SubscriptionStatus Parameters, handshake/heartbeat/events
+    endpoint.py  SSRF checks: http(s) endpoints on public addresses only, pinned at delivery
     channel.py   one delivery thread per subscription: retries, backoff, error and recovery
     engine.py    SubscriptionEngine: store listener → events → channels; $status and $events
     routes.py    GET|POST /fhir/Subscription/{id}/$status and /$events
 
 Public API::
 
-    engine = SubscriptionEngine(store, SubscriptionConfig(base_url=…, state_path=…))
+    engine = SubscriptionEngine(store, SubscriptionConfig(base_url=…, state_path=…, audit=trail,
+                                                          allow_private=settings.subscription_allow_private))
     engine.start() … engine.stop()
     app.include_router(make_subscription_router(lambda: engine), prefix="/fhir")  # before /fhir's own
 

@@ -14,6 +14,12 @@ success puts it back to ``active`` and the events it missed follow, oldest first
 Headers from ``channel.header`` (e.g. ``Authorization``) are sent with every request and never
 logged; nor is the endpoint (httpx's own request log lines from channel threads are filtered out,
 since a webhook URL may carry a token).
+
+Before every request the endpoint goes through the engine's :class:`~.endpoint.EndpointGuard`
+(DNS looked up again, private addresses refused unless allowed) and the request goes to the
+address that was checked; a refused endpoint is a failed attempt like any other
+(``endpoint refused: loopback address``). Every event-notification, accepted or failed, is
+reported to the engine (``ChannelHost.delivered``) for the audit trail.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.errors import DeliverError
+from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused
 from gateway.subscriptions.model import SubscriptionSpec
 from gateway.subscriptions.notify import StatusInfo, notification_bundle
 from gateway.subscriptions.state import DeliveryState, Event
@@ -77,37 +84,57 @@ class ChannelHost(Protocol):
 
     base_url: str
     state: DeliveryState
+    guard: EndpointGuard
 
     def read_version(self, event: Event) -> JSON | None: ...
 
     def set_status(self, sub_id: str, status: str, error: str) -> None: ...
 
-    def delivered(self, spec: SubscriptionSpec, kind: str, events: list[Event]) -> None: ...
+    def delivered(self, spec: SubscriptionSpec, kind: str, events: list[Event], error: str = "") -> None: ...
 
 
 class Sender:
-    """HTTP requests to one endpoint with the subscriber's headers."""
+    """HTTP requests to one endpoint with the subscriber's headers, to checked addresses only."""
 
-    def __init__(self, spec: SubscriptionSpec, default_timeout_s: float) -> None:
+    def __init__(self, spec: SubscriptionSpec, default_timeout_s: float, guard: EndpointGuard) -> None:
         self._headers = [(k, v) for k, v in spec.channel.headers if k.lower() not in _RESERVED]
+        self._guard = guard
         self._client = httpx.Client(timeout=spec.channel.timeout_s or default_timeout_s, follow_redirects=False)
 
     def close(self) -> None:
         self._client.close()
 
     def send(self, method: str, url: str, body: JSON | None) -> None:
-        """One request; NotificationFailed unless the endpoint answers 2xx."""
-        headers = httpx.Headers(self._headers)
+        """One request; NotificationFailed unless the endpoint answers 2xx.
+
+        The endpoint's addresses are looked up and checked now; the request goes to the first that
+        accepts a connection, with the endpoint's own Host header and TLS server name."""
+        try:
+            targets = self._guard.targets(url)
+        except EndpointRefused as exc:
+            raise NotificationFailed(f"endpoint refused: {exc.reason}") from None
         content = b""
         if body is not None:
-            headers["Content-Type"] = FHIR_JSON
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        try:
-            resp = self._client.request(method, url, content=content, headers=headers)
-        except httpx.HTTPError as exc:
-            raise NotificationFailed(type(exc).__name__) from None
-        if not 200 <= resp.status_code < 300:
-            raise NotificationFailed(f"HTTP {resp.status_code}")
+        for n, target in enumerate(targets):
+            headers = httpx.Headers(self._headers)
+            headers["Host"] = target.host
+            if body is not None:
+                headers["Content-Type"] = FHIR_JSON
+            extensions = {"sni_hostname": target.server_name} if target.server_name else None
+            try:
+                resp = self._client.request(method, target.url, content=content, headers=headers,
+                                            extensions=extensions)
+            except httpx.ConnectError:
+                if n + 1 < len(targets):
+                    continue  # nothing was sent: try the next address
+                raise NotificationFailed("ConnectError") from None
+            except httpx.HTTPError as exc:
+                raise NotificationFailed(type(exc).__name__) from None
+            if not 200 <= resp.status_code < 300:
+                raise NotificationFailed(f"HTTP {resp.status_code}")
+            return
+        raise NotificationFailed("endpoint refused: no address")
 
 
 class Channel(threading.Thread):
@@ -136,7 +163,7 @@ class Channel(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
-        sender = Sender(self.spec, self._timeout_s)
+        sender = Sender(self.spec, self._timeout_s, self.host.guard)
         try:
             if not self.spec.backport and self.status == "requested":
                 self._set_status("active", "")  # plain R4: no handshake
@@ -185,10 +212,14 @@ class Channel(threading.Thread):
             return True
         events = self.host.state.pending(self.spec.id, self._max_count if self.spec.backport else 1)
         if events:
-            if self.spec.backport:
-                self._send_bundle(sender, "event-notification", events)
-            else:
-                self._send_plain(sender, events[0])
+            try:
+                if self.spec.backport:
+                    self._send_bundle(sender, "event-notification", events)
+                else:
+                    self._send_plain(sender, events[0])
+            except NotificationFailed as exc:
+                self.host.delivered(self.spec, "event-notification", events, exc.message)
+                raise
             self.host.state.ack(self.spec.id, events[-1].number)
             self.host.delivered(self.spec, "event-notification", events)
             log.info("subscription %s: delivered events %d-%d", self.spec.id, events[0].number, events[-1].number)

@@ -14,6 +14,13 @@ that write. ``stop()`` handles every change already queued before it returns; a 
 just before a crash (between COMMIT and its event being recorded) is not notified — the data is
 in the store, a subscriber that suspects a loss can search it.
 
+Endpoints (endpoint.py): a client's write of a Subscription whose ``channel.endpoint`` is not
+http(s) or resolves to a loopback, link-local or private address is refused with 422 before it
+is stored (a store write check, registered by ``start()``), unless ``allow_private``
+(PIVOT_SUBSCRIPTION_ALLOW_PRIVATE); every delivery checks again. With ``audit`` (the gateway's
+AuditTrail) every event-notification, accepted or failed, becomes an AuditEvent naming the
+subscriber, the Patients of the events and their focus (references only).
+
 Subscription status is written back to the Subscription resource (``status``, ``error``) when it
 changes (requested → active after the handshake, active → error, error → active); those writes
 are recognised by their version and do not restart delivery. A client's own create/update
@@ -31,19 +38,24 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import StoreError
 from gateway.fhirstore import FhirStore, Outcome
 from gateway.fhirstore.match import Matcher
 from gateway.fhirstore.query import Params
 from gateway.fhirstore.search import read_current
-from gateway.subscriptions.authz import CareTeamAuthorizer
+from gateway.security.audit_disclosure import notification_disclosure
+from gateway.subscriptions.authz import CareTeamAuthorizer, clients_of
 from gateway.subscriptions.channel import Channel, RetryPolicy
+from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused, Resolver, system_resolver
 from gateway.subscriptions.model import CONTENTS, SubscriptionInvalid, SubscriptionSpec, parse_subscription
 from gateway.subscriptions.notify import StatusInfo, notification_bundle, status_bundle
 from gateway.subscriptions.state import DeliveryState, Event
 from gateway.subscriptions.topics import TOPICS_DIR, Topic, load_topics
+
+if TYPE_CHECKING:
+    from gateway.security.audit_trail import AuditTrail
 
 log = logging.getLogger("pivot.subscriptions")
 JSON = dict[str, Any]
@@ -77,7 +89,10 @@ class SubscriptionConfig:
     max_count: int = 20  # events per notification, unless the subscription sets backport-max-count
     keep_events: int = 10_000  # acknowledged events kept per subscription for $events
     max_events_per_query: int = 1000
-    on_delivered: DeliveredHook | None = None  # e.g. an AuditEvent per notification (issue 7)
+    on_delivered: DeliveredHook | None = None  # told of each accepted event-notification
+    audit: AuditTrail | None = None  # an AuditEvent per event-notification, accepted or failed
+    allow_private: bool = False  # PIVOT_SUBSCRIPTION_ALLOW_PRIVATE: endpoints on loopback/private addresses
+    resolver: Resolver = system_resolver  # host, port → addresses (tests give their own)
 
 
 class SubscriptionEngine:
@@ -91,6 +106,7 @@ class SubscriptionEngine:
         self.state = DeliveryState(config.state_path, keep=config.keep_events)
         self.matcher = Matcher()
         self.authorizer = CareTeamAuthorizer(store)
+        self.guard = EndpointGuard(config.allow_private, config.resolver)
         self._specs: dict[str, SubscriptionSpec] = {}
         self._channels: dict[str, Channel] = {}
         self._own_versions: set[tuple[str, int]] = set()
@@ -105,6 +121,7 @@ class SubscriptionEngine:
         """Load the stored Subscriptions, resume their delivery, then follow the store's writes."""
         if self._thread is not None:
             return
+        self.store.add_write_check("Subscription", self.check_write)
         self.store.add_listener(self._on_store_change)
         for resource in self._stored_subscriptions():
             self._apply(resource, resume=True)
@@ -115,6 +132,7 @@ class SubscriptionEngine:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop following the store and every channel (undelivered events stay queued on disk)."""
         self.store.remove_listener(self._on_store_change)
+        self.store.remove_write_check("Subscription", self.check_write)
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout_s)
@@ -143,6 +161,17 @@ class SubscriptionEngine:
             if page.next is None:
                 return out
             params = [("_count", "1000"), ("_total", "none"), ("_page", page.next.encode())]
+
+    def check_write(self, resource: JSON) -> None:
+        """The store write check of Subscriptions: 422 when notifications may not go to the endpoint."""
+        channel = resource.get("channel")
+        endpoint = channel.get("endpoint") if isinstance(channel, dict) else None
+        if endpoint is None:
+            return  # no channel or no endpoint: parse_subscription sets the Subscription to error
+        try:
+            self.guard.check(endpoint if isinstance(endpoint, str) else "")
+        except EndpointRefused as exc:
+            raise StoreError(exc.message, status=422, issue_code="invalid") from None
 
     # -- the store listener and the dispatcher ---------------------------------------------------
     def _on_store_change(self, changes: list[Outcome]) -> None:
@@ -303,16 +332,34 @@ class SubscriptionEngine:
         except StoreError:
             return None
 
-    def delivered(self, spec: SubscriptionSpec, kind: str, events: list[Event]) -> None:
-        """Called by a channel after the endpoint accepted a notification carrying ``events``."""
-        hook = self.config.on_delivered
-        if hook is None:
-            return
+    def delivered(self, spec: SubscriptionSpec, kind: str, events: list[Event], error: str = "") -> None:
+        """Called by a channel after each notification carrying ``events``: accepted when ``error``
+        is empty, else why it failed (a safe text: ``HTTP 503``, ``endpoint refused: …``)."""
         focus = tuple(f"{e.rtype}/{e.rid}/_history/{e.version}" for e in events)
+        audit, hook = self.config.audit, self.config.on_delivered
         try:
-            hook(Delivered(spec.id, spec.owner, kind, focus, spec.channel.content))
-        except Exception as exc:  # noqa: BLE001 - auditing trouble is logged, delivery is done
+            if audit is not None:
+                audit.disclose(notification_disclosure(
+                    subscription=spec.id, owner=spec.owner, kind=kind, content=spec.channel.content, focus=focus,
+                    numbers=tuple(e.number for e in events), patients=self._patients(events), error=error))
+        except Exception as exc:  # noqa: BLE001 - auditing trouble is logged, delivery goes on
+            log.error("subscription %s: audit of a notification failed (%s)", spec.id, type(exc).__name__)
+        try:
+            if hook is not None and not error:
+                hook(Delivered(spec.id, spec.owner, kind, focus, spec.channel.content))
+        except Exception as exc:  # noqa: BLE001 - a hook's trouble is logged, delivery is done
             log.error("subscription %s: on_delivered hook failed (%s)", spec.id, type(exc).__name__)
+
+    def _patients(self, events: list[Event]) -> tuple[str, ...]:
+        """The Patients the events are about (a deletion: from the version before it)."""
+        out: dict[str, None] = {}
+        for event in events:
+            resource = self.read_version(event)
+            if resource is None and event.version > 1:
+                resource = self.read_version(replace(event, version=event.version - 1))
+            for pid in sorted(clients_of(resource) if resource is not None else ()):
+                out[f"Patient/{pid}"] = None
+        return tuple(out)
 
     def read_version(self, event: Event) -> JSON | None:
         """The resource as it was at the event (None for a deletion or when no longer readable)."""
