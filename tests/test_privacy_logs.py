@@ -4,18 +4,22 @@ or error output of a gateway that processed them (good and bad messages alike)."
 from __future__ import annotations
 
 import socket
+from datetime import datetime
 from typing import Any
 
 import httpx
 
+from gateway import samples
 from gateway.samples import er_message
 from tests.e2e_helpers import FrameReader, entries, search, wait_for
 
-CANARY_FAMILY = "Canarijaune"
-CANARY_GIVEN = "Zéphirine"
-CANARY_NAM = "CANZ45561299"
-CANARY_DOB = "19450616"
-CANARY_STREET = "987 rue du Canari"
+# the canary people of gateway/samples.py (PIVOT_SAMPLES_CANARY): tests/test_privacy_canary_suite.py
+# looks for the same fragments after running the end-to-end suite, this module included, on them
+CANARY_FAMILY = samples.CANARY_FAMILY[0]  # Canarijaune
+CANARY_GIVEN = samples.CANARY_GIVEN[1][0]  # Zéphirine, F
+CANARY_NAM = samples.nam(CANARY_FAMILY, CANARY_GIVEN, datetime(samples.CANARY_BIRTH_YEAR, 6, 16), "F", 99)
+CANARY_DOB = f"{samples.CANARY_BIRTH_YEAR}0616"
+CANARY_STREET = f"987 {samples.CANARY_STREET}"
 
 
 def _canary(i: int, *, break_date: bool = False, drop_pid: bool = False) -> bytes:
@@ -26,7 +30,7 @@ def _canary(i: int, *, break_date: bool = False, drop_pid: bool = False) -> byte
             f = line.split("|")
             f[3] = f"CAN{i}^^^HSA^MR~{CANARY_NAM}^^^RAMQ^JHN"
             f[5] = f"{CANARY_FAMILY}^{CANARY_GIVEN}"
-            f[7] = "19451399" if break_date else CANARY_DOB
+            f[7] = f"{samples.CANARY_BIRTH_YEAR}1399" if break_date else CANARY_DOB
             f[11] = f"{CANARY_STREET}^^Saint-Sauveur^QC^J0R 1R0^CA^H"
             lines[n] = "|".join(f)
     if drop_pid:
@@ -48,5 +52,6 @@ def test_canary_data_never_reaches_the_logs(serve_factory: Any) -> None:
     gw.stop()
     logs = gw.logs()
     assert "Pivot listening" in logs or "listening" in logs.lower()
-    for canary in (CANARY_FAMILY, CANARY_GIVEN, CANARY_NAM, CANARY_DOB, "19451399", CANARY_STREET, "Canari"):
+    for canary in (CANARY_FAMILY, CANARY_GIVEN, CANARY_NAM, CANARY_DOB, f"{samples.CANARY_BIRTH_YEAR}1399",
+                   CANARY_STREET, "Canari"):
         assert canary not in logs, f"{canary!r} leaked into the logs"
