@@ -10,7 +10,6 @@ import argparse
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,10 +17,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.serve import free_port, start_serve
 from gateway.hl7v2 import parse
 from gateway.samples import er_message
 
-ROOT = Path(__file__).resolve().parents[1]
 START, END = b"\x0b", b"\x1c\x0d"
 
 
@@ -70,12 +69,6 @@ def bench_map(msgs: list[bytes]) -> float:
         msg = parse(raw)
         map_message(msg, MapContext(profile=profiles.for_message(msg), systems=systems, received_at=now))
     return rate(len(msgs), time.perf_counter() - t)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_ack(sock: socket.socket, buf: bytearray) -> bytes:
@@ -131,29 +124,25 @@ def pct(values: list[float], p: float) -> float:
 
 def bench_e2e(n: int, paced_n: int) -> dict[str, float]:
     data = Path(tempfile.mkdtemp(prefix="pivot-bench-"))
-    http, mllp = _free_port(), _free_port()
-    env = {**os.environ, "PIVOT_DATA_DIR": str(data), "PIVOT_HTTP_PORT": str(http),
-           "PIVOT_MLLP_PORT": str(mllp), "PIVOT_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env)
+    http, mllp = free_port(), free_port()
+    proc = start_serve(data, http, mllp)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", mllp), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         msgs = [er_message(i) for i in range(n)]
         seconds, lat, codes = run_clients(mllp, msgs, connections=10)
         drained = wait_stored(http, n)  # the paced run measures steady state, not a backlog
         paced = [er_message(n + i) for i in range(paced_n)]
         _s, plat, pcodes = run_clients(mllp, paced, connections=4, rate_per_s=200)
+        # CPU taken by others (other jobs, the clients) shows in the tail: a second paced run
+        paced2 = [er_message(n + paced_n + i) for i in range(paced_n)]
+        _s, plat2, pcodes2 = run_clients(mllp, paced2, connections=4, rate_per_s=200)
     finally:
         proc.terminate()
         proc.wait(30)
     return {"e2e_rate": rate(n, seconds), "e2e_p50": pct(lat, 0.5), "e2e_p99": pct(lat, 0.99),
             "paced_p50": pct(plat, 0.5), "paced_p99": pct(plat, 0.99),
-            "aa": float(codes.count("AA") + pcodes.count("AA")), "total": float(n + paced_n),
+            "paced2_p50": pct(plat2, 0.5), "paced2_p99": pct(plat2, 0.99),
+            "aa": float(codes.count("AA") + pcodes.count("AA") + pcodes2.count("AA")),
+            "total": float(n + 2 * paced_n),
             "drain_s": drained}
 
 
@@ -182,6 +171,8 @@ def main() -> int:
     ap.add_argument("--ds-background", type=int, default=20_000, help="Défi Santé: background messages")
     ap.add_argument("--ds-alerts", type=int, default=200, help="Défi Santé: alert-raising arrivals")
     ap.add_argument("--ds-rate", type=float, default=300.0, help="Défi Santé: background msg/s")
+    ap.add_argument("--load-seconds", type=float, default=300.0,
+                    help="sustained load: seconds at 300 msg/s over 20 connections (0 = skip)")
     args = ap.parse_args()
     msgs = [er_message(i) for i in range(2_000)]
     tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
@@ -200,6 +191,7 @@ def main() -> int:
     print(f"{'  AA latency p50 / p99 (ms)':<52}{e2e['e2e_p50']:>7.1f} / {e2e['e2e_p99']:.1f}")
     print(f"{'  then stored in the FHIR store after (s)':<52}{e2e['drain_s']:>14.1f}")
     print(f"{'paced 200 msg/s: AA latency p50 / p99 (ms)':<52}{e2e['paced_p50']:>7.1f} / {e2e['paced_p99']:.1f}")
+    print(f"{'  the same, a second run':<52}{e2e['paced2_p50']:>7.1f} / {e2e['paced2_p99']:.1f}")
     print(f"{'AA received / sent':<52}{e2e['aa']:>9,.0f} / {e2e['total']:,.0f}")
     print("ratios")
     print(f"{'  tokenizer / hl7apy':<52}{tok / apy:>13.0f}x")
@@ -207,12 +199,17 @@ def main() -> int:
     print(f"{'  tokenizer / parse+map+validate':<52}{tok / full:>13.1f}x")
     print(f"{'  end to end / parse+map+validate':<52}{e2e['e2e_rate'] / full:>13.2f}x")
     print("goals (issue #2): parse+map+validate >= 1,500 msg/s; AA p99 < 20 ms at 200 msg/s")
+    met = sum(e2e[k] < 20 for k in ("paced_p99", "paced2_p99"))
     print(f"  parse+map+validate: {'met' if full >= 1500 else 'NOT met'}; "
-          f"paced AA p99: {'met' if e2e['paced_p99'] < 20 else 'NOT met'}")
+          f"paced AA p99 < 20 ms: met in {met} of 2 runs")
     if args.ds_alerts:
         from bench.defisante import bench_defisante, report
 
         report(bench_defisante(args.ds_background, args.ds_alerts, args.ds_rate))
+    if args.load_seconds:
+        from bench.load import run as run_load
+
+        run_load(300.0, args.load_seconds, 20)
     return 0
 
 

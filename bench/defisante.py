@@ -25,7 +25,8 @@ from typing import Any
 
 import httpx
 
-from bench.__main__ import ROOT, _free_port, _read_ack, pct
+from bench.__main__ import _read_ack, pct
+from bench.serve import free_port, start_serve
 from gateway.defisante import codes
 from gateway.defisante.arrival import ZONE, visit_message
 from gateway.samples import er_message, nam
@@ -57,25 +58,6 @@ class _Mllp:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _serve(data: Path, http: int, mllp: int) -> Any:
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PIVOT_DATA_DIR": str(data), "PIVOT_HTTP_PORT": str(http), "PIVOT_MLLP_PORT": str(mllp),
-           "PIVOT_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("pivot serve did not start")
 
 
 def _enroll(base: str, port: int) -> list[dict[str, Any]]:
@@ -130,8 +112,8 @@ def _alert_ms(log_path: Path, control_id: str) -> int | None:
 def bench_defisante(background: int = 20_000, alerts: int = 200, rate: float = 300.0) -> dict[str, float]:
     """Latencies in ms (p50/p99 of Communication readable and of the alert record) and counts."""
     data = Path(tempfile.mkdtemp(prefix="pivot-bench-ds-"))
-    http, mllp = _free_port(), _free_port()
-    proc = _serve(data, http, mllp)
+    http, mllp = free_port(), free_port()
+    proc = start_serve(data, http, mllp)
     base = f"http://127.0.0.1:{http}"
     comm_lat: list[float] = []
     alert_lat: list[float] = []
