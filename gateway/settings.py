@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     fhir_client_cert: Path | None = Field(None, description="PEM client certificate (mutual TLS)")
     fhir_client_key: Path | None = Field(None, description="PEM key of the client certificate")
     fhir_timeout_s: float = Field(30.0, gt=0, description="timeout of one FHIR request")
-    fhir_retry_max_s: float = Field(60.0, gt=0, description="longest wait between two delivery attempts")
+    fhir_retry_max_s: float = Field(15.0, gt=0, description="longest wait between two delivery attempts")
     mllp_max_message_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger frames get AR")
     mllp_idle_timeout_s: float = Field(300.0, gt=0, description="close a silent MLLP connection")
     mllp_max_connections: int = Field(200, ge=1, description="concurrent MLLP connections")

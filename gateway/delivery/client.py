@@ -89,7 +89,7 @@ class FhirClient:
     """One FHIR server. ``deliver`` = pre-read, prune unchanged entries, POST the transaction."""
 
     def __init__(self, base_url: str, *, auth: httpx.Auth | None = None, verify: ssl.SSLContext | bool = True,
-                 timeout_s: float = 30.0, retry_max_s: float = 60.0,
+                 timeout_s: float = 30.0, retry_max_s: float = 15.0,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_max_s = retry_max_s
