@@ -43,6 +43,7 @@ class ServeProcess:
                     "PIVOT_MLLP_PORT": str(self.mllp_port), "PIVOT_HOST": "127.0.0.1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "serve.log"
+        self.new_session = False  # True: the leader of its own process group (killpg reaches its children)
 
     @property
     def base(self) -> str:
@@ -52,7 +53,7 @@ class ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logf = self.log_path.open("ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=self.env,
-                                     stdout=logf, stderr=subprocess.STDOUT)
+                                     stdout=logf, stderr=subprocess.STDOUT, start_new_session=self.new_session)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

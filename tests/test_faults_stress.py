@@ -16,8 +16,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,7 +31,7 @@ from gateway.hl7v2 import parse
 from gateway.samples import er_message
 from gateway.settings import Settings
 from gateway.topics import DEADLETTER, FHIR_TYPES
-from tests.conftest import ROOT, ServeProcess
+from tests.conftest import ServeProcess
 from tests.e2e_helpers import FrameReader, ack_field, search, wait_for
 from tests.fhir_server_fixtures import SekmetServer
 
@@ -52,25 +50,12 @@ class GroupServe(ServeProcess):
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         super().__init__(data_dir, env)
+        self.new_session = True
         self.held: set[int] = set()  # the processes of the last crash()
 
     def start(self, timeout_s: float = 30.0) -> GroupServe:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=self.env,
-                                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"pivot serve exited: {self.logs()[-2000:]}")
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    with socket.create_connection(("127.0.0.1", self.mllp_port), timeout=1):
-                        return self
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"pivot serve did not become ready: {self.logs()[-2000:]}")
+        super().start(timeout_s)
+        return self
 
     def crash(self) -> set[int]:
         """SIGKILL the process group at once (a machine-level crash); the pids it held."""
