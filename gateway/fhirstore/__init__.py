@@ -11,6 +11,7 @@
     interactions.py  one interaction (read, search, create, update, conditional, delete)
     transaction.py   transaction and batch Bundles
     match.py         Matcher: does one resource (version) satisfy search criteria (subscriptions)
+    careteam.py      who may learn about a client: the care-team and consent rule (subscribers, API clients)
     bundles.py       searchset / history / response Bundles, OperationOutcome
     capability.py    the CapabilityStatement
 """

@@ -89,7 +89,8 @@ def _history_status(entry: Entry) -> str:
 def history_bundle(base: str, url: str, q: Query, page: Page) -> JSON:
     """A history Bundle, newest version first; a deletion has a request but no resource."""
     bundle = _bundle("history")
-    bundle["total"] = page.total
+    if page.total is not None:
+        bundle["total"] = page.total
     bundle["link"] = _links(url, q, page)
     entries = []
     for e in page.entries:

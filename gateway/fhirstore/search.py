@@ -32,6 +32,7 @@ class Entry:
     lu_ms: int
     resource: dict[str, Any] | None  # None for a deleted version
     method: str = "PUT"
+    seq: int = 0  # history: the version's write sequence (its paging key)
 
 
 @dataclass(slots=True)
@@ -119,8 +120,8 @@ def history(conn: sqlite3.Connection, q: Query, rk: int | None = None) -> Page:
         f"JOIN resources r ON r.rk = v.rk WHERE {where} ORDER BY v.seq {'DESC' if forward else 'ASC'} LIMIT ?",
         [*args, q.count + 1]).fetchall()
     rows, nxt, prev = _page(rows, q, lambda row: (row[0],))
-    entries = [Entry(row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] is not None else None, row[6])
-               for row in rows]
+    entries = [Entry(row[1], row[2], row[3], row[4], json.loads(row[5]) if row[5] is not None else None, row[6],
+                     row[0]) for row in rows]
     return Page(entries, total, nxt, prev)
 
 

@@ -16,7 +16,9 @@ Anything else under ``/fhir`` is a 405 (unknown type, or an interaction we do no
 
 Every answer goes through :func:`~gateway.fhirstore.secrets.mask_secrets` (Subscription header
 values come back as ``***``), and every client write through the store's write checks
-(``FhirStore.check_write``: e.g. a Subscription endpoint on a private address is a 422).
+(``FhirStore.check_write``: e.g. a Subscription endpoint on a private address is a 422). Reads,
+searches and histories go through :func:`~gateway.http.visibility.view_of`: an organisation-scoped
+client sees only what the care-team and consent rule allows (404 for the rest, see there).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from gateway.http.fhir_io import (
     strict_handling,
     version_headers,
 )
+from gateway.http.visibility import check_bundle_reads, view_of
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -87,12 +90,13 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
     @router.post("/")
     async def bundle(request: Request) -> Response:
         body = await read_json(request)
+        check_bundle_reads(request, body)
         return _respond(await run_in_threadpool(process_bundle, get_store(), body, base(request)))
 
     @router.get("/{rtype}/_history")
     def type_history(rtype: str, request: Request) -> Response:
         params = request.query_params.multi_items()
-        q, page = get_store().history(rtype, None, params, strict=strict_handling(request))
+        q, page = view_of(request, get_store()).history(rtype, None, params, strict=strict_handling(request))
         return _respond(history_bundle(base(request), f"{base(request)}/{rtype}/_history", q, page))
 
     @router.get("/{rtype}/_search")
@@ -111,23 +115,23 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         return await run_in_threadpool(_search, rtype, params, request)
 
     def _search(rtype: str, params: list[tuple[str, str]], request: Request) -> Response:
-        q, page = get_store().search(rtype, params, strict=strict_handling(request))
+        q, page = view_of(request, get_store()).search(rtype, params, strict=strict_handling(request))
         return _respond(searchset(base(request), q, page))
 
     @router.get("/{rtype}/{rid}/_history")
     def instance_history(rtype: str, rid: str, request: Request) -> Response:
         params = request.query_params.multi_items()
-        q, page = get_store().history(rtype, rid, params, strict=strict_handling(request))
+        q, page = view_of(request, get_store()).history(rtype, rid, params, strict=strict_handling(request))
         return _respond(history_bundle(base(request), f"{base(request)}/{rtype}/{rid}/_history", q, page))
 
     @router.get("/{rtype}/{rid}/_history/{vid}")
-    def vread(rtype: str, rid: str, vid: str) -> Response:
-        entry = get_store().vread(rtype, rid, vid)
+    def vread(rtype: str, rid: str, vid: str, request: Request) -> Response:
+        entry = view_of(request, get_store()).vread(rtype, rid, vid)
         return _respond(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
 
     @router.get("/{rtype}/{rid}")
-    def read(rtype: str, rid: str) -> Response:
-        entry = get_store().read(rtype, rid)
+    def read(rtype: str, rid: str, request: Request) -> Response:
+        entry = view_of(request, get_store()).read(rtype, rid)
         return _respond(entry.resource, 200, version_headers(entry.version, entry.lu_ms))
 
     @router.post("/{rtype}")

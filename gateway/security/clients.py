@@ -5,7 +5,9 @@ Clients file (``PIVOT_AUTH_CLIENTS_FILE``), JSON::
     {"clients": [{"client_id": "hsa-er", "scopes": ["system/hl7v2.c"],
                   "facilities": ["HSA"], "messages": ["adt"],
                   "jwks": {"keys": [<public JWK>, …]},          # SMART client assertion keys
-                  "certificate_cns": ["hsa-er.sommets.example"]}]}  # MLLP client certificates
+                  "certificate_cns": ["hsa-er.sommets.example"]},  # MLLP client certificates
+                 {"client_id": "ehr-gmf-12", "scopes": ["system/*.rs"],
+                  "organization": "clinic-gmf-12"}]}            # reads limited to its clients
 
 Secrets file (``PIVOT_AUTH_TOKENS_FILE``, keep it 0600), JSON, keyed by the SHA-256 (hex) of the
 token, so the file never holds a usable token::
@@ -16,12 +18,24 @@ token, so the file never holds a usable token::
 ``facilities`` are MSH-4 namespace ids the client may send for; ``messages`` are message kinds
 (``adt``, ``pharmacy``, or a message code such as ``ORU``); ``"*"`` allows any. A client without
 ``facilities`` may send nothing.
+
+``organization`` (an Organization id) makes the client organisation-scoped: on top of its scopes,
+every FHIR read, vread, history, search and ``_include`` about a client (a Patient, or a resource
+whose ``patient``/``subject`` is one) passes the care-team and consent rule of the subscriptions
+(``gateway/fhirstore/careteam.py``): that Organization must be in one of the client's active
+CareTeams — or the entry says ``"program_wide": true`` — and no active Consent of the client may
+deny it. What it may not see is a 404, searches list only what it may see
+(``gateway/http/visibility.py``). A client without ``organization`` (hospital IT, the gateway's own
+system clients) reads whatever its scopes allow. The entry that authenticated the request decides:
+a static token's own secrets-file entry; for a SMART token of ours, or an external issuer's JWT,
+the clients-file entry of its client id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +54,8 @@ class Client:
     messages: frozenset[str] = frozenset()
     jwks: tuple[dict[str, Any], ...] = ()
     certificate_cns: tuple[str, ...] = ()
+    organization: str = ""  # an Organization id: reads limited by the care-team and consent rule
+    program_wide: bool = False  # with ``organization``: no care-team membership needed (consent still applies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +68,12 @@ class Principal:
     method: str = "none"  # none, token, smart, jwt
     issuer: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    organization: str = ""  # of the client's registration (see the module docstring)
+    program_wide: bool = False
 
 
 ANONYMOUS_ID = "anonymous"
+_ORGANIZATION_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def _strings(value: Any, where: str, setting: str) -> tuple[str, ...]:
@@ -65,6 +84,18 @@ def _strings(value: Any, where: str, setting: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"invalid setting {setting}: {where} must be a list of strings")
     return tuple(value)
+
+
+def _organization(item: dict[str, Any], cid: str, setting: str) -> tuple[str, bool]:
+    """``organization`` (an Organization id) and ``program_wide`` of one entry."""
+    org, wide = item.get("organization", ""), item.get("program_wide", False)
+    if not isinstance(org, str) or (org and _ORGANIZATION_ID.fullmatch(org) is None):
+        raise ConfigError(f"invalid setting {setting}: organization of {cid!r} must be an Organization id")
+    if not isinstance(wide, bool):
+        raise ConfigError(f"invalid setting {setting}: program_wide of {cid!r} must be true or false")
+    if wide and not org:
+        raise ConfigError(f"invalid setting {setting}: program_wide of {cid!r} needs an organization")
+    return org, wide
 
 
 def _client(item: Any, setting: str, client_id: str | None = None) -> Client:
@@ -82,7 +113,8 @@ def _client(item: Any, setting: str, client_id: str | None = None) -> Client:
     return Client(cid, _strings(item.get("scopes"), f"scopes of {cid!r}", setting),
                   frozenset(_strings(item.get("facilities"), f"facilities of {cid!r}", setting)),
                   frozenset(m.lower() for m in _strings(item.get("messages"), f"messages of {cid!r}", setting)),
-                  tuple(keys), _strings(item.get("certificate_cns"), f"certificate_cns of {cid!r}", setting))
+                  tuple(keys), _strings(item.get("certificate_cns"), f"certificate_cns of {cid!r}", setting),
+                  *_organization(item, cid, setting))
 
 
 def _read_json(path: Path, setting: str) -> Any:
@@ -152,4 +184,5 @@ def token_digest(token: str) -> str:
 
 def principal_of(client: Client, method: str) -> Principal:
     """The principal of a client authenticated by a static token (all its registered scopes)."""
-    return Principal(client.client_id, parse_scopes(client.scopes), " ".join(client.scopes), method)
+    return Principal(client.client_id, parse_scopes(client.scopes), " ".join(client.scopes), method,
+                     organization=client.organization, program_wide=client.program_wide)

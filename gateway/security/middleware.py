@@ -4,11 +4,14 @@
             ─ open path (healthz, metadata)? ───────────► app
             ─ Authorization: Bearer … valid? ──✗── 401 OperationOutcome + WWW-Authenticate
             ─ every access of the request in the scopes? ──✗── 403 OperationOutcome (insufficient_scope)
-            ─ app (client id in ``request.state.pivot_client_id``)
+            ─ app (client id in ``request.state.pivot_client_id``; an organisation-scoped client's
+                   Audience in ``pivot_audience``, which the FHIR reads apply: gateway/http/visibility.py)
             ─ audited route? response held until its AuditEvent is durable (else 503)
 
-Denials on audited routes are audited too. A bundle's accesses are read from its body (kept and
-replayed to the app). Nothing here logs a token, a header value or a body.
+Denials on audited routes are audited too, and so are reads the care-team rule withheld (the
+app notes why in ``pivot_withheld``; the AuditEvent's outcomeDesc carries it). A bundle's accesses
+are read from its body (kept and replayed to the app). Nothing here logs a token, a header value
+or a body.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from gateway.envelope import now_iso
+from gateway.fhirstore.careteam import Audience
 from gateway.security.access import Access, Route, bundle_accesses, classify
 from gateway.security.audit import AccessRecord
 from gateway.security.clients import Principal
@@ -36,6 +40,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 STATE_CLIENT_ID = "pivot_client_id"
+STATE_AUDIENCE = "pivot_audience"  # an Audience: the caller's organisation (absent: unrestricted reads)
+STATE_WITHHELD = "pivot_withheld"  # set by the app when the care-team rule withheld what was asked
 ENDPOINT_PATHS = frozenset({"/auth/token", "/auth/jwks", "/.well-known/smart-configuration",
                             "/fhir/.well-known/smart-configuration"})
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
@@ -109,7 +115,10 @@ class SecurityMiddleware:
                              {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope", scope="{need}"'})
             return
         # the sender identity of POST /hl7v2: empty for the anonymous principal of PIVOT_AUTH=none
-        scope.setdefault("state", {})[STATE_CLIENT_ID] = principal.client_id if principal.method != "none" else ""
+        state = scope.setdefault("state", {})
+        state[STATE_CLIENT_ID] = principal.client_id if principal.method != "none" else ""
+        if principal.organization and principal.method != "none":
+            state[STATE_AUDIENCE] = Audience(principal.organization, principal.program_wide)
         if route.audit is None:
             await self.app(scope, receive, send)
             return
@@ -156,9 +165,10 @@ class SecurityMiddleware:
             location = next((bytes(v).decode("latin-1") for k, v in (start or {}).get("headers", [])
                              if bytes(k).lower() == b"location"), "")
             assert route.audit is not None
+            withheld = str(scope.get("state", {}).get(STATE_WITHHELD, ""))
             record = AccessRecord(route.audit, status, principal.client_id, address, now_iso(),
                                   query=scope.get("query_string", b"").decode("latin-1"), body=body,
-                                  location=location)
+                                  location=location, denied=withheld)
             durable = await self.security.audit.record(record)
         if not durable:
             await _send_outcome(send, 503, "transient", "the access could not be audited; try again",

@@ -10,7 +10,9 @@ A JWT is accepted when its ``iss`` is configured, its ``alg`` is RS256, RS384 or
 ``none`` nor an HMAC), its signature checks with a key of the issuer's JWKS (fetched with httpx,
 cached ``JWKS_TTL_S``, fetched again for an unknown ``kid`` at most every ``JWKS_MIN_REFRESH_S``),
 and ``exp`` (required), ``nbf`` and ``aud`` hold (30 s leeway). The client id is the ``client_id``
-claim, else ``azp``, else ``sub``; scopes come from ``scope`` (string) or ``scp`` (list).
+claim, else ``azp``, else ``sub``; scopes come from ``scope`` (string) or ``scp`` (list). A client id
+registered in the clients file with an ``organization`` is organisation-scoped whichever issuer
+signed its token (see clients.py).
 """
 
 from __future__ import annotations
@@ -190,4 +192,7 @@ class Authenticator:
             raise Unauthorized("token names no client")
         raw = claims.get("scope", claims.get("scp", ""))
         scope_text = raw if isinstance(raw, str) else " ".join(str(s) for s in raw) if isinstance(raw, list) else ""
-        return Principal(client_id, parse_scopes(scope_text), scope_text, method, str(iss))
+        registered = self.registry.get(client_id)  # its organisation, if any, limits what it reads
+        return Principal(client_id, parse_scopes(scope_text), scope_text, method, str(iss),
+                         organization=registered.organization if registered else "",
+                         program_wide=registered.program_wide if registered else False)

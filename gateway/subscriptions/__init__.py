@@ -2,7 +2,7 @@
 
     topics.py    our SubscriptionTopics (data: schemas/subscriptions/) and plain-criteria topics
     model.py     a Subscription resource → checked SubscriptionSpec (extension URLs live here)
-    authz.py     the care-team rule (owner Organization in the client's active CareTeam)
+    authz.py     the care-team rule (gateway/fhirstore/careteam.py) for a Subscription's owner
     state.py     event numbers, queues and failures per subscription (subscriptions.sqlite)
     notify.py    notification Bundles: SubscriptionStatus Parameters, handshake/heartbeat/events
     endpoint.py  SSRF checks: http(s) endpoints on public addresses only, pinned at delivery
