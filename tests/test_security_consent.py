@@ -27,6 +27,7 @@ from gateway.security import Security, install_security
 from gateway.security.audit_trail import query_audit
 from gateway.security.clients import ClientRegistry
 from gateway.settings import Settings
+from gateway.subscriptions import SubscriptionConfig, SubscriptionEngine, make_subscription_router
 from tests.security_helpers import assertion, public_jwk, rsa_key, tokens_file, write_json
 
 JSON = dict[str, Any]
@@ -92,12 +93,18 @@ def env(tmp_path: Path, client_key: Any) -> Iterator[tuple[TestClient, FhirStore
         store.upsert_many([_encounter(f"e1-{n}", "p1")])
         store.upsert_many([_encounter(f"e2-{n}", "p2", practitioner="dr-p2")])
     security = Security(settings)
+    engine = SubscriptionEngine(store, SubscriptionConfig(
+        base_url="http://testserver/fhir", state_path=settings.data_dir / "subscriptions.sqlite",
+        allow_private=True))
+    engine.start()
     app = FastAPI()
+    app.include_router(make_subscription_router(lambda: engine), prefix="/fhir")
     app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
     install_fhir_error_handler(app)
     install_security(app, security)
     with TestClient(app, raise_server_exceptions=False) as tc:
         yield tc, store, settings
+    engine.stop()
     security.close()
     store.close()
 
@@ -283,7 +290,12 @@ def test_anonymous_loopback_mode_is_unchanged(tmp_path: Path) -> None:
     store = FhirStore(settings.data_dir / "fhir.sqlite")
     store.upsert_many([_patient("p2")])
     security = Security(settings)
+    engine = SubscriptionEngine(store, SubscriptionConfig(
+        base_url="http://testserver/fhir", state_path=settings.data_dir / "subscriptions.sqlite",
+        allow_private=True))
+    engine.start()
     app = FastAPI()
+    app.include_router(make_subscription_router(lambda: engine), prefix="/fhir")
     app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
     install_fhir_error_handler(app)
     install_security(app, security)
@@ -308,3 +320,18 @@ def test_registration_is_checked(tmp_path: Path, entry: JSON, why: str) -> None:
     client = ClientRegistry.load(ok, None).get("c")
     assert client is not None
     assert (client.organization, client.program_wide) == ("clinic-a", False)
+
+
+def test_subscription_status_and_events_only_for_the_owner(env: tuple[TestClient, FhirStore, Settings]) -> None:
+    """$status / $events name the owner's patients: another organisation gets the 404 of a hidden read."""
+    from tests.test_subscriptions import subscription
+
+    tc, store, _settings = env
+    store.update(subscription("http://127.0.0.1:9/hook", owner="clinic-a", status="off") | {"id": "sub-a"})
+    for path in ("$status", "$events"):
+        assert tc.get(f"/fhir/Subscription/sub-a/{path}", headers=_as(CLINIC_A)).status_code == 200
+        refused = tc.get(f"/fhir/Subscription/sub-a/{path}", headers=_as(CLINIC_B))
+        assert refused.status_code == 404
+        assert refused.json()["resourceType"] == "OperationOutcome"
+        assert tc.get(f"/fhir/Subscription/sub-a/{path}", headers=_as(PROGRAM)).status_code == 200
+        assert tc.get(f"/fhir/Subscription/sub-a/{path}", headers=_as(HOSPITAL_IT)).status_code == 200

@@ -379,6 +379,11 @@ class SubscriptionEngine:
         return StatusInfo(sub_id, topic, str(resource.get("status", "")), counters.last_number if counters else 0,
                           str(error or "")), spec
 
+    def owned_by(self, sub_id: str, organization: str) -> bool:
+        """Whether ``organization`` owns the subscription (its ``subscription-owner``)."""
+        _info, spec = self._info(sub_id)
+        return spec is not None and spec.owner == organization
+
     def status(self, sub_id: str, base: str | None = None) -> JSON:
         """``$status``: a searchset Bundle with the subscription's SubscriptionStatus."""
         info, _spec = self._info(sub_id)

@@ -6,7 +6,10 @@
              content = empty | id-only | full-resource (default: the subscription's own)
 
 POST takes the same inputs as a ``Parameters`` body (``valueString``/``valueCode``). Errors are
-OperationOutcomes (unknown subscription 404, deleted 410, bad number 400). Thin: the work is in
+OperationOutcomes (unknown subscription 404, deleted 410, bad number 400). A client registered
+with an ``organization`` (not program-wide) sees only its own organisation's subscriptions here —
+their events name the owner's patients — and gets 404 for the others, as for a read it may not
+make (gateway/http/visibility.py). Thin: the work is in
 :class:`~gateway.subscriptions.engine.SubscriptionEngine`.
 """
 
@@ -19,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import StoreError
 from gateway.http.fhir_io import FhirRoute, fhir_response, read_json
+from gateway.security.middleware import STATE_AUDIENCE
 from gateway.subscriptions.engine import SubscriptionEngine
 
 _INPUTS = ("eventsSinceNumber", "eventsUntilNumber", "content")
@@ -54,14 +58,23 @@ def make_subscription_router(get_engine: Callable[[], SubscriptionEngine], *, ba
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + base_path
 
+    async def check_owner(sid: str, request: Request) -> None:
+        audience = getattr(request.state, STATE_AUDIENCE, None)
+        if audience is None or audience.organization is None or audience.program_wide:
+            return
+        if not await run_in_threadpool(get_engine().owned_by, sid, audience.organization):
+            raise StoreError(f"Subscription/{sid} not found", status=404, issue_code="not-found")
+
     @router.api_route("/Subscription/{sid}/$status", methods=["GET", "POST"])
     async def status(sid: str, request: Request) -> Response:
         await _inputs(request)
+        await check_owner(sid, request)
         return fhir_response(await run_in_threadpool(get_engine().status, sid, base(request)))
 
     @router.api_route("/Subscription/{sid}/$events", methods=["GET", "POST"])
     async def events(sid: str, request: Request) -> Response:
         inputs = await _inputs(request)
+        await check_owner(sid, request)
         since = _number("eventsSinceNumber", inputs.get("eventsSinceNumber"))
         until = _number("eventsUntilNumber", inputs.get("eventsUntilNumber"))
         bundle = await run_in_threadpool(get_engine().events, sid, since, until, inputs.get("content"), base(request))
