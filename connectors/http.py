@@ -5,22 +5,26 @@ and ``text/plain``; anything else is 415 with a FHIR OperationOutcome. The answe
 with an ACK for a message the intake looked at (AA, AE or AR: the HL7 outcome is in MSA-1), so
 HTTP senders handle outcomes the way MLLP senders do. In enhanced mode the response holds the last
 ACK the intake produced (the application ACK when MSH-16 asks for one, else the commit ACK).
-A body larger than ``max_bytes`` gets the same AR as an oversize MLLP frame; ``503`` is never
-used: "system down" is an AR the sender retries.
+A body larger than ``max_bytes`` gets the same AR as an oversize MLLP frame, and only its first
+64 KB are held in memory; ``503`` is never used: "system down" is an AR the sender retries. A
+sender that leaves mid-body gets nothing and leaves nothing (an INFO line, no traceback).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from connectors.base import Origin, Receiver, Reply
 from gateway.errors import ParseError
 
+log = logging.getLogger("pivot.http")
 TRANSPORT = "http"
 ER7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 ACCEPTED_TYPES = frozenset({ER7_MEDIA_TYPE, "application/hl7-v2", "application/hl7-v2+er7", "text/plain"})
@@ -59,11 +63,15 @@ class HttpConnector:
             if media not in ACCEPTED_TYPES:
                 return operation_outcome(415, "not-supported",
                                          f"Content-Type must be {ER7_MEDIA_TYPE} or text/plain")
-            body = await request.body()
+            try:
+                body, size = await _read_body(request, self.max_bytes)
+            except ClientDisconnect:  # the sender left mid-body: nothing to answer, nothing to keep
+                log.info("HTTP client left before the end of its message")
+                return Response(status_code=400)
             peer = f"{request.client.host}:{request.client.port}" if request.client else ""
             receiver = self.get_receiver()
             origin = Origin(TRANSPORT, peer, identity=str(getattr(request.state, "pivot_client_id", "") or ""))
-            if len(body) > self.max_bytes:
+            if size > self.max_bytes:
                 error = ParseError(f"message larger than the {self.max_bytes}-byte limit", hl7_code="207")
                 reply: Reply = await run_in_threadpool(receiver.refuse, body[:_HEAD_KEPT], error, origin)
             else:
@@ -73,6 +81,23 @@ class HttpConnector:
                             headers={"X-HL7-Ack-Code": reply.code})
 
         return router
+
+
+async def _read_body(request: Request, max_bytes: int) -> tuple[bytes, int]:
+    """The body and its size; past ``max_bytes`` only its first 64 KB are kept (the rest is read
+    and dropped), so an oversize request costs no more memory than an oversize MLLP frame."""
+    declared = request.headers.get("content-length", "")
+    keep = _HEAD_KEPT if declared.isdigit() and int(declared) > max_bytes else max_bytes + 1
+    parts: list[bytes] = []
+    held = size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if held < keep:
+            part = chunk[: keep - held]
+            parts.append(part)
+            held += len(part)
+    body = b"".join(parts)
+    return (body[:_HEAD_KEPT] if size > max_bytes else body), size
 
 
 def make_hl7v2_router(get_receiver: Callable[[], Receiver], *, max_bytes: int = 2 * 1024 * 1024) -> APIRouter:

@@ -117,7 +117,8 @@ class FrameParser:
                 self._head = bytes(buf[:_HEAD_KEPT])
                 self._skipping = True
                 self._in_frame = False
-                del buf[:]
+                keep = 1 if buf.endswith(END_BLOCK) else 0  # its end block, whose CR comes in the next read
+                del buf[: len(buf) - keep]
             return None
         payload = bytes(buf[:end])
         del buf[: end + 2]
@@ -225,7 +226,13 @@ class MllpServer:
                     reply = await loop.run_in_executor(self._pool, self.receiver.receive, payload, origin)
                 for ack in reply.acks:
                     writer.write(frame(ack))
-                await writer.drain()
+                try:  # a client that stops reading its ACKs must not hold its slot for ever
+                    await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
+                except TimeoutError:
+                    log.info("MLLP client not reading its ACKs peer=%s after %.0fs: closed", peer,
+                             self.idle_timeout_s)
+                    writer.transport.abort()
+                    return
             if parser.noise > noise_before:
                 self.metrics.inc("pivot_mllp_noise_bytes_total", parser.noise - noise_before,
                                  help_text="bytes outside MLLP frames, dropped")

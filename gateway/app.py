@@ -189,6 +189,7 @@ async def serve(settings: Settings) -> None:
     import uvicorn
 
     from connectors.mllp import MllpServer
+    from gateway.http.server import server_config
 
     for warning in check_startup(settings):  # ConfigError when exposed without auth / plain MLLP
         log.warning("security: %s", warning)
@@ -221,8 +222,7 @@ async def serve(settings: Settings) -> None:
                                             group=f"{settings.kafka_group_id}-raw-in",
                                             receiver=gateway.intake,
                                             session_timeout_ms=settings.kafka_session_timeout_ms))
-    config = uvicorn.Config(app, host=settings.host, port=settings.http_port, log_level="warning",
-                            access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    config = server_config(app, settings)
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -33,9 +33,35 @@ from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from mappings import IdentifierSystems, MapContext, MapResult, Profiles, check_supported, map_message
+from mappings.messages import SUPPORTED
+from mappings.pharmacy import PHARMACY_TRIGGERS
 
 log = logging.getLogger("pivot.intake")
 _CACHE_SIZE = 2048
+_MAX_SENDER_LABELS = 200
+_TRIGGER_LABELS = frozenset(t for table in (SUPPORTED, PHARMACY_TRIGGERS) for trigs in table.values() for t in trigs)
+UNLISTED = "unlisted"
+
+
+class SenderLabels:
+    """The ``sender`` label of the metrics: a sender's own id once one of its messages was accepted
+    (at most 200 of them), else ``unlisted``. MSH-3/MSH-4 of refused input are whatever anyone
+    typed: as labels they would grow the metrics without bound (the fuzz storm made 40,000 series).
+    The dead letters keep the real sender; the console's feed health reads those, not the metrics."""
+
+    def __init__(self) -> None:
+        self._known: set[str] = set()
+        self._lock = threading.Lock()
+
+    def accepted(self, sender: str) -> str:
+        with self._lock:
+            if sender in self._known or len(self._known) < _MAX_SENDER_LABELS:
+                self._known.add(sender)
+                return sender
+        return UNLISTED
+
+    def label(self, sender: str) -> str:
+        return sender if sender in self._known else UNLISTED
 
 
 class MapCache:
@@ -75,6 +101,7 @@ class Intake:
         self.cache = cache
         self.identity = identity or IdentityResolver()
         self.authorize = authorize  # per-sender allow-list (gateway.security), None = everyone
+        self.senders = SenderLabels()
         self.topic_in = settings.topic("hl7v2.in")
         self.topic_dead = settings.topic("deadletter")
 
@@ -158,7 +185,7 @@ class Intake:
         msg = parse(raw, assumed)
         if msg.warnings:
             self.metrics.inc("pivot_charset_fallback_total", help_text="messages decoded as cp1252",
-                             sender=msg.sender)
+                             sender=self.senders.label(msg.sender))
             log.warning("charset fallback sender=%s control_id=%s", msg.sender, msg.control_id)
         return msg
 
@@ -217,13 +244,15 @@ class Intake:
                                      transport=origin.transport, source_ref=origin.peer)
         self.log.append(OutRecord(topic=self.topic_dead, value=raw, key=sender.encode(), headers=headers))
         self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
-                         stage=stage, sender=sender)
+                         stage=stage, sender=self.senders.label(sender))
 
     def _count(self, origin: Origin, code: str, sender: str, trigger: str, duplicate: bool = False) -> None:
+        label = self.senders.accepted(sender) if code == "AA" else self.senders.label(sender)
         self.metrics.inc("pivot_messages_total", help_text="HL7v2 messages by outcome",
-                         transport=origin.transport, code=code, sender=sender, trigger=trigger,
+                         transport=origin.transport, code=code, sender=label,
+                         trigger=trigger if label != UNLISTED and trigger in _TRIGGER_LABELS else "other",
                          duplicate="true" if duplicate else "false")
-        self.metrics.gauge_now("pivot_last_message_timestamp_seconds", sender=sender)
+        self.metrics.gauge_now("pivot_last_message_timestamp_seconds", sender=label)
 
 
 def _stage(exc: GatewayError) -> str:

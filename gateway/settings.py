@@ -18,6 +18,8 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address the listeners bind to")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API, FHIR endpoint, console")
+    http_request_timeout_s: float = Field(30.0, gt=0, description="close an HTTP connection whose request is not "
+                                          "complete after this long")
     mllp_port: int = Field(2575, ge=0, le=65535, description="HL7v2 over MLLP")
     data_dir: Path = Field(Path("./var"), description="embedded log, FHIR store, dead letters")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = embedded log")

@@ -92,6 +92,12 @@ class _Head:
         self.codec = "ascii"
 
 
+def _no_controls(value: str) -> str:
+    """A value echoed into an ACK without control characters: an MLLP start (0x0B) or end (0x1C)
+    block copied from the message would cut the ACK's frame short (found by the fuzz storm)."""
+    return _CONTROLS.sub("", value)
+
+
 def _from_message(msg: Message) -> _Head:
     d = msg.d
     head = _Head(d)
@@ -99,12 +105,12 @@ def _from_message(msg: Message) -> _Head:
     first = d.repetition
 
     def field(n: int) -> str:
-        return msh.raw(n).split(first)[0]
+        return _no_controls(msh.raw(n).split(first)[0])
 
     head.app, head.facility, head.receiver_app, head.receiver_facility = field(3), field(4), field(5), field(6)
-    head.trigger = escape(msh.get(9, 2), d)
+    head.trigger = escape(_no_controls(msh.get(9, 2)), d)
     head.processing, head.version, head.charset = field(11), field(12), field(18)
-    head.control_id = msg.control_id
+    head.control_id = _no_controls(msg.control_id)
     head.codec = msg.charset
     return head
 
@@ -132,6 +138,9 @@ def _peek(raw: bytes) -> tuple[list[str], Delimiters] | None:
     if len(fields) > 1:
         fields[1] = d.encoding_characters
     return fields, d
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _clean(value: str) -> str:
@@ -164,7 +173,7 @@ def _from_raw(raw: bytes | None) -> _Head:
     head.app, head.facility, head.receiver_app, head.receiver_facility = field(3), field(4), field(5), field(6)
     head.trigger = _clean(field(9).split(d.component)[1]) if d.component in field(9) else ""
     head.processing, head.version = field(11), field(12)
-    head.control_id = unescape(field(10).split(d.component)[0], d).strip()[:199]
+    head.control_id = _no_controls(unescape(field(10).split(d.component)[0], d)).strip()[:199]
     charset = field(18).split(d.component)[0].strip()
     codec = MSH18_CODECS.get(charset.upper())
     if codec is not None:
@@ -198,7 +207,7 @@ def build_ack(code: str, *, msg: Message | None, raw: bytes | None = None, error
     if head.charset:
         msh.extend(["", "", "", "", "", head.charset])
     failed = error is not None or code not in _SUCCESS
-    user_text = escape(_one_line(text or (error.message if error is not None else "")), d)[:250]
+    user_text = escape(_no_controls(_one_line(text or (error.message if error is not None else ""))), d)[:250]
     msa = ["MSA", code, escape(head.control_id, d)]
     segments = [f.join(msh), f.join(msa)]
     if failed:
