@@ -31,8 +31,9 @@ Modules: see MODULES; the child run takes about 100 s on two cores. Left out, an
   disk-full test takes the same refusal path (AR, the reason kept) on the embedded log;
 - test_defisante_inprocess.py (≈35 s) and test_console_api.py (≈12 s): in-process, a simulated
   year through the intake, the same people as test_defisante_serve;
-- test_subscriptions*.py, test_faults_stress.py, test_fuzz_storm.py, test_audit_alerts.py: owned
-  by other work in progress and (the last three) stress budgets of their own;
+- test_faults_stress.py and test_fuzz_storm.py (≈100 s and ≈75 s: stress budgets of their own; the
+  storm asserts itself that nothing reaches the logs at ERROR level); test_subscriptions*.py and
+  test_audit_alerts.py: in-process, their own resources, not the canary feed;
 - test_mllp.py, test_connectors_contract.py, test_security_mllp_tls.py: no gateway behind the
   listener (a recording receiver); test_compose_stack.py: needs Docker.
 """
@@ -68,7 +69,7 @@ MODULES = (
     "tests/test_defisante_serve.py",   # pivot simulate | pivot ingest, candidates, enrollment, alert, restart
     "tests/test_pipeline_inprocess.py",  # dead letters: list, replay, show
     "tests/test_faults.py::test_disk_full_gives_ar_and_recovers_when_space_returns",  # AR, and why
-    "tests/test_fuzz_listener.py",     # mutated canaries through MLLP and POST /hl7v2
+    "tests/test_listener_process.py",  # the MLLP listener process: serves, dies with the gateway, restarts
     "tests/test_identity_scenario.py",  # one person across sites, merges, delivery to an external server
     "tests/test_pharmacy_pipeline.py",  # ER registration then pharmacy dispenses by NAM, dead letters
 )
@@ -255,9 +256,11 @@ def test_end_to_end_suite_on_canary_people_leaks_nothing_into_logs(tmp_path: Pat
 def _check_flow_and_logs(tmp_path: Path, out: str, err: str, elapsed: float) -> None:
     base, stderr_dir, log_file = tmp_path / "child", tmp_path / "stderr", tmp_path / "child-log.txt"
     # the canaries flowed: raw HL7v2 into the event logs, Patients into the stores of most modules
-    raw_in = sum(int(n) for db in base.rglob("log.sqlite") for (n,) in _rows(
-        db, "SELECT count(*) FROM records WHERE topic LIKE '%hl7v2.in' AND instr(value, CAST('Canari' AS BLOB)) > 0"))
-    assert raw_in >= 500, raw_in
+    per_log = [int(n) for db in base.rglob("log.sqlite") for (n,) in _rows(
+        db, "SELECT count(*) FROM records WHERE topic LIKE '%hl7v2.in' AND instr(value, CAST('Canari' AS BLOB)) > 0")]
+    # the crash-recovery stream alone brings ~400 before its SIGKILL; a dozen other gateways a few each
+    assert sum(per_log) >= 300, per_log
+    assert sum(1 for n in per_log if n) >= 10, per_log
     canary_nams = {person(i, canary=True).nam for i in range(10_000)}
     default_nams = {person(i, canary=False).nam for i in range(10_000)}
     stores: dict[Path, int] = {}
