@@ -83,8 +83,9 @@ def run(rate: float, seconds: float, connections: int) -> dict[str, float]:
     print(f"{'achieved rate (msg/s)':<44}{len(rows) / duration:>10.1f}")
     worst = max(lat) * 1000
     print(f"{'AA latency p50 / p99 / max (ms)':<44}{pct(lat, 0.5):>10.1f} / {pct(lat, 0.99):.1f} / {worst:.1f}")
-    for minute in range(int(seconds // 60) + 1):
-        part = [d for s, d, _ in rows if minute * 60 <= s - rows[0][0] < (minute + 1) * 60]
+    last = max(0, int((seconds - 1) // 60))
+    for minute in range(last + 1):  # the last message or two (a late ACK) count in the last minute
+        part = [d for s, d, _ in rows if min(int((s - rows[0][0]) // 60), last) == minute]
         if part:
             print(f"{f'  minute {minute + 1}: p50 / p99 (ms)':<44}{pct(part, 0.5):>10.1f} / {pct(part, 0.99):.1f}")
     print(f"{'RSS start / 1 min / end / drained (MB)':<44}" + " / ".join(

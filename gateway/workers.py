@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +32,21 @@ from mappings import IdentifierSystems, MapContext, MapResult, Profiles, map_mes
 
 log = logging.getLogger("pivot.workers")
 _BACKOFF_MAX_S = 5.0
+
+
+WORKER_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Give this worker thread a lower CPU priority (Linux: nice is per thread) than the intake.
+
+    The ACK path waits for nobody but the intake; the workers are throughput work that can wait a
+    few milliseconds. When the cores are busy the kernel then runs the MLLP listener (process or
+    threads) first; nothing changes when they are idle. Unprivileged: raising nice always works."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+    except (AttributeError, OSError):
+        log.debug("worker priority unchanged")
 
 
 class Worker(threading.Thread):
@@ -62,6 +78,7 @@ class Worker(threading.Thread):
         return int(lag())
 
     def run(self) -> None:
+        _lower_priority()
         consumer = self.log.consumer(self.consumer_group(), self.topics)
         self._consumer = consumer
         try:
