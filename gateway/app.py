@@ -125,22 +125,6 @@ class Gateway:
         self.dedupe.close()
 
 
-def tune_gc() -> None:
-    """Keep full garbage collections off the ACK path.
-
-    A full (generation 2) collection walks every object in the process: with fhir.resources'
-    models loaded that took 70–145 ms here, during which no ACK can be sent — the whole p99 tail at
-    200 msg/s. Everything built at start-up (modules, models, code maps) is moved out of the
-    collector's reach (``gc.freeze``), and young collections run less often (most of what a
-    message allocates dies young anyway and is freed by reference counting).
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def _instance_id(data_dir: Path) -> str:
     """A stable id for this gateway instance (its data dir), created on first start."""
     path = data_dir / "instance-id"
@@ -197,6 +181,8 @@ async def serve(settings: Settings) -> None:
     gateway = Gateway(settings, listener_process=split)
     gateway.start_workers()
     app = create_app(gateway)
+    from gateway.listener import tune_gc
+
     tune_gc()
     mllp: Any
     if split:  # the MLLP listener in its own process: see gateway.listener

@@ -28,7 +28,7 @@ from gateway.envelope import deadletter_headers, inbound_headers, now_iso
 from gateway.errors import GatewayError, MapError, ParseError, PublishError
 from gateway.eventlog.base import EventLog, OutRecord
 from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
-from gateway.hl7v2.tokenizer import Message, parse, parse_text, split_segments
+from gateway.hl7v2.tokenizer import Message, parse, parse_text
 from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
 from gateway.settings import Settings
@@ -116,18 +116,19 @@ class Intake:
     def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
         """A frame the connector could not pass on (e.g. oversize): AR, head kept as a dead letter."""
         control_id = recover_control_id(head)
-        self._dead(head, error, stage="receive", sender=_peek_sender(head), control_id=control_id,
-                   origin=origin)
-        self._count(origin, "AR", _peek_sender(head), "")
+        sender = _sender_of(_msh_only(head))
+        self._dead(head, error, stage="receive", sender=sender, control_id=control_id, origin=origin)
+        self._count(origin, "AR", sender, "")
         return Reply(code="AR", acks=[build_ack("AR", msg=None, raw=head, error=error)],
                      control_id=control_id, error=error.describe())
 
     # -- steps -------------------------------------------------------------------------------------
     def _receive(self, raw: bytes, origin: Origin) -> Reply:
         received_at = now_iso()
-        sender = _peek_sender(raw)
+        head = _msh_only(raw)
+        sender = _sender_of(head)
         try:
-            msg = self._parse(raw)
+            msg = self._parse(raw, head)
             check_supported(msg)
         except GatewayError as exc:
             return self._reject(raw, None, exc, origin, sender)
@@ -179,8 +180,7 @@ class Intake:
         self._count(origin, "AA", sender, msg.trigger)
         return Reply(code="AA", acks=[build_ack("AA", msg=msg)], control_id=control_id)
 
-    def _parse(self, raw: bytes) -> Message:
-        head = _msh_only(raw)
+    def _parse(self, raw: bytes, head: Message | None) -> Message:
         assumed = self.profiles.for_message(head).charset if head is not None else None
         msg = parse(raw, assumed)
         if msg.warnings:
@@ -260,18 +260,19 @@ def _stage(exc: GatewayError) -> str:
 
 
 def _msh_only(raw: bytes) -> Message | None:
-    """The MSH segment alone, decoded as latin-1: enough to find the sender profile."""
+    """The MSH segment alone (its first 4 KB), decoded as latin-1: enough to find the sender and its
+    profile, without decoding or splitting the rest of the message."""
+    head = raw[:8192].lstrip(b"\xef\xbb\xbf\r\n\t ")[:4096]
+    ends = [i for i in (head.find(b"\r"), head.find(b"\n")) if i >= 0]
+    first = head[: min(ends)] if ends else head
     try:
-        text = raw.lstrip(b"\xef\xbb\xbf\r\n\t ").decode("latin-1")
-        lines = split_segments(text)
-        return parse_text(lines[0]) if lines else None
+        return parse_text(first.decode("latin-1")) if first else None
     except ParseError:
         return None
 
 
-def _peek_sender(raw: bytes) -> str:
-    msg = _msh_only(raw[:4096])
-    return msg.sender if msg is not None else "unknown"
+def _sender_of(head: Message | None) -> str:
+    return head.sender if head is not None else "unknown"
 
 
 def utc_now() -> datetime:

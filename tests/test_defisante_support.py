@@ -7,11 +7,12 @@ answer the register, the candidate list and the outcomes are checked against.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from tests.e2e_helpers import wait_for
 
 ALERT_KINDS = ("er-arrival", "er-arrival-family", "er-cancelled", "er-discharge")
 
@@ -82,13 +83,7 @@ def alert_events(log: Any, topic: str) -> list[dict[str, Any]]:
 
 
 def wait_until(predicate: Any, timeout_s: float = 20.0, interval_s: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError("condition not met in time")
+    return wait_for(predicate, timeout_s, interval_s)
 
 
 def enroll_body(case_manager: str = "Practitioner/cm-1", *, family: bool = False, relatives: tuple[str, ...] = (),

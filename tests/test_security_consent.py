@@ -10,6 +10,7 @@ program-wide client and a client without organisation (hospital IT) read everyth
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +93,14 @@ def env(tmp_path: Path, client_key: Any) -> Iterator[tuple[TestClient, FhirStore
     for n in range(4):
         store.upsert_many([_encounter(f"e1-{n}", "p1")])
         store.upsert_many([_encounter(f"e2-{n}", "p2", practitioner="dr-p2")])
+    with _served(settings, store) as tc:
+        yield tc, store, settings
+    store.close()
+
+
+@contextlib.contextmanager
+def _served(settings: Settings, store: FhirStore) -> Iterator[TestClient]:
+    """The FHIR routes and the subscription operations behind the security middleware."""
     security = Security(settings)
     engine = SubscriptionEngine(store, SubscriptionConfig(
         base_url="http://testserver/fhir", state_path=settings.data_dir / "subscriptions.sqlite",
@@ -102,11 +111,12 @@ def env(tmp_path: Path, client_key: Any) -> Iterator[tuple[TestClient, FhirStore
     app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
     install_fhir_error_handler(app)
     install_security(app, security)
-    with TestClient(app, raise_server_exceptions=False) as tc:
-        yield tc, store, settings
-    engine.stop()
-    security.close()
-    store.close()
+    try:
+        with TestClient(app, raise_server_exceptions=False) as tc:
+            yield tc
+    finally:
+        engine.stop()
+        security.close()
 
 
 def _as(token: str) -> dict[str, str]:
@@ -289,20 +299,9 @@ def test_anonymous_loopback_mode_is_unchanged(tmp_path: Path) -> None:
     settings.data_dir.mkdir(parents=True)
     store = FhirStore(settings.data_dir / "fhir.sqlite")
     store.upsert_many([_patient("p2")])
-    security = Security(settings)
-    engine = SubscriptionEngine(store, SubscriptionConfig(
-        base_url="http://testserver/fhir", state_path=settings.data_dir / "subscriptions.sqlite",
-        allow_private=True))
-    engine.start()
-    app = FastAPI()
-    app.include_router(make_subscription_router(lambda: engine), prefix="/fhir")
-    app.include_router(make_fhir_router(lambda: store), prefix="/fhir")
-    install_fhir_error_handler(app)
-    install_security(app, security)
-    with TestClient(app) as tc:
+    with _served(settings, store) as tc:
         assert tc.get("/fhir/Patient/p2").status_code == 200
         assert tc.get("/fhir/Patient").json()["total"] == 1
-    security.close()
     store.close()
 
 

@@ -31,15 +31,14 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.defisante import codes
 from gateway.defisante.codes import ARRIVAL, CANCELLED, FAMILY, JSON, ref_id
 from gateway.defisante.config import ProgramConfig, load_config
-from gateway.defisante.publish import records
+from gateway.defisante.publish import alert_record, records
 from gateway.defisante.register import site_of
 from gateway.defisante.roster import Enrollment, active_enrollment, read
-from gateway.envelope import now_iso
 from gateway.errors import PublishError, StoreError
 from gateway.eventlog.base import OutRecord
 from gateway.fhir.models import validate
@@ -48,14 +47,12 @@ from gateway.fhirstore.dates import start_ms as _ms
 from gateway.metrics import Metrics
 from gateway.security.audit_disclosure import alert_disclosure
 from gateway.settings import Settings
-from gateway.topics import ALERTS
 from mappings import MapResult
 
 if TYPE_CHECKING:
     from gateway.security.audit_trail import AuditTrail
 
 log = logging.getLogger("pivot.defisante")
-ALERT_SCHEMA_VERSION = 1
 _OPEN = frozenset({"arrived", "triaged", "in-progress", "onleave", "unknown"})
 
 
@@ -236,41 +233,17 @@ class DefiSanteRules:
         site = site_of(enc)
         out = records(self.settings, comms, key=pid, sender=result.sender, control_id=result.control_id,
                       site=site, received_at=received_at, bundle_of="#defi-sante")
+        period = enc.get("period") or {}
+        _text, reason = _reason(enc, result.resources)
         for comm in comms:
             kind = next(c["code"] for cat in comm["category"] for c in cat["coding"] if c["system"] == codes.CODESYSTEM)
-            out.append(OutRecord(topic=self.settings.topic(ALERTS), key=pid.encode(),
-                                 value=_event(comm, kind, enc, result, received_at, site),
-                                 headers={"schema_version": str(ALERT_SCHEMA_VERSION), "kind": kind,
-                                          "msh10": result.control_id, "sender": result.sender}))
+            out.append(alert_record(self.settings, comm, kind, [] if kind == FAMILY else reason,
+                                    key=pid, sender=result.sender, control_id=result.control_id, site=site,
+                                    received_at=received_at, encounter=f"Encounter/{enc['id']}",
+                                    arrival=str(period.get("start") or ""), departure=str(period.get("end") or "")))
             self.metrics.inc("pivot_defisante_alerts_total", help_text="Défi Santé Communications raised", kind=kind)
             if self.audit is not None:
                 self.audit.disclose(alert_disclosure(comm, kind))
             log.info("defisante alert kind=%s communication=%s encounter=%s control_id=%s", kind, comm["id"],
                      enc["id"], result.control_id)
         return out
-
-
-def _event(comm: JSON, kind: str, enc: JSON, result: MapResult, received_at: str, site: str) -> bytes:
-    """The ``defisante.alerts`` value (schemas/defisante/alert-event.schema.json)."""
-    period = enc.get("period") or {}
-    _text, codings = _reason(enc, result.resources)
-    body: dict[str, Any] = {
-        "schema_version": ALERT_SCHEMA_VERSION,
-        "event_id": comm["id"],
-        "kind": kind,
-        "priority": comm["priority"],
-        "patient": comm["subject"]["reference"],
-        "encounter": f"Encounter/{enc['id']}",
-        "flag": comm["about"][0]["reference"],
-        "communication": f"Communication/{comm['id']}",
-        "recipients": comm["recipient"],
-        "site": site,
-        "arrival": str(period.get("start") or ""),
-        "departure": str(period.get("end") or ""),
-        "reason": [] if kind == FAMILY else codings,
-        "sender": result.sender,
-        "msh10": result.control_id,
-        "received_at": received_at,
-        "produced_at": now_iso(),
-    }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -16,6 +16,8 @@ store sink, which writes the same records.
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 from gateway.defisante.codes import JSON
 from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
@@ -25,8 +27,9 @@ from gateway.eventlog.base import EventLog, OutRecord
 from gateway.fhir.models import canonical_json, validate
 from gateway.fhirstore import FhirStore, Outcome
 from gateway.settings import Settings
-from gateway.topics import fhir_topic
+from gateway.topics import ALERTS, fhir_topic
 
+ALERT_SCHEMA_VERSION = 1
 SENDER = "PIVOT|DEFI-SANTE"
 """The envelope ``sender`` of resources written by a program operation (not mapped from HL7v2)."""
 SITE = "defi-sante"
@@ -78,3 +81,33 @@ def write_and_publish(store: FhirStore, log: EventLog, settings: Settings, resou
         raise StoreError("the event log is unavailable: nothing was written, retry later", status=503,
                          issue_code="transient") from None
     return outcomes
+
+
+def alert_record(settings: Settings, comm: JSON, kind: str, reason: list[JSON], *, key: str, sender: str,
+                 control_id: str, site: str, received_at: str, encounter: str = "", arrival: str = "",
+                 departure: str = "") -> OutRecord:
+    """The ``defisante.alerts`` record of one Communication (schemas/defisante/alert-event.schema.json):
+    ER alerts name their encounter and its times, pharmacy alerts leave them empty."""
+    body: dict[str, Any] = {
+        "schema_version": ALERT_SCHEMA_VERSION,
+        "event_id": comm["id"],
+        "kind": kind,
+        "priority": comm["priority"],
+        "patient": comm["subject"]["reference"],
+        "encounter": encounter,
+        "flag": comm["about"][0]["reference"],
+        "communication": f"Communication/{comm['id']}",
+        "recipients": comm["recipient"],
+        "site": site,
+        "arrival": arrival,
+        "departure": departure,
+        "reason": reason,
+        "sender": sender,
+        "msh10": control_id,
+        "received_at": received_at,
+        "produced_at": now_iso(),
+    }
+    return OutRecord(topic=settings.topic(ALERTS), key=key.encode(),
+                     value=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                     headers={"schema_version": str(ALERT_SCHEMA_VERSION), "kind": kind, "msh10": control_id,
+                              "sender": sender})

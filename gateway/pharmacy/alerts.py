@@ -20,7 +20,6 @@ which drug and which rule, never who the client is; nothing here is logged.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +29,6 @@ from gateway.pharmacy.statements import statement_id
 from mappings.ids import stable_id
 
 JSON = dict[str, Any]
-ALERT_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,30 +136,3 @@ def multi_pharmacy(pid: str, before: list[Fill], after: list[Fill], now: int, po
         out.append(Alert(MULTI_PHARMACY, alert_id(pid, MULTI_PHARMACY, cls, day_text(start)), text,
                          _codings(latest.concept), statement_id(pid, latest.drug)))
     return out
-
-
-def event(comm: JSON, kind: str, codings: list[JSON], *, sender: str, control_id: str, site: str,
-          received_at: str, produced_at: str) -> bytes:
-    """The ``defisante.alerts`` value: the envelope of the ER alerts (schemas/defisante/
-    alert-event.schema.json), with ``encounter``, ``arrival`` and ``departure`` empty and ``reason``
-    = the drug's codings."""
-    body: dict[str, Any] = {
-        "schema_version": ALERT_SCHEMA_VERSION,
-        "event_id": comm["id"],
-        "kind": kind,
-        "priority": comm["priority"],
-        "patient": comm["subject"]["reference"],
-        "encounter": "",
-        "flag": comm["about"][0]["reference"],
-        "communication": f"Communication/{comm['id']}",
-        "recipients": comm["recipient"],
-        "site": site,
-        "arrival": "",
-        "departure": "",
-        "reason": codings,
-        "sender": sender,
-        "msh10": control_id,
-        "received_at": received_at,
-        "produced_at": produced_at,
-    }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.defisante import codes
 from gateway.defisante.codes import ref_id
-from gateway.defisante.publish import records
+from gateway.defisante.publish import alert_record, records
 from gateway.defisante.roster import Enrollment, active_enrollment, read
-from gateway.envelope import now_iso
 from gateway.errors import PublishError, StoreError
 from gateway.eventlog.base import OutRecord
 from gateway.fhir.models import validate
@@ -46,7 +45,6 @@ from gateway.pharmacy.profile import DrugState, evaluate, facts, ms_of
 from gateway.pharmacy.statements import statement
 from gateway.security.audit_disclosure import alert_disclosure
 from gateway.settings import Settings
-from gateway.topics import ALERTS
 from mappings.context import MapResult
 from mappings.pharmacy import PHARMACY_TRIGGERS
 
@@ -229,13 +227,8 @@ class PharmacyRules:
         out = records(self.settings, [c for c, _a in comms], key=pid, sender=result.sender,
                       control_id=result.control_id, site=_site(result), received_at=received_at)
         for comm, alert in comms:
-            out.append(OutRecord(
-                topic=self.settings.topic(ALERTS), key=pid.encode(),
-                value=rules_alerts.event(comm, alert.kind, alert.codings, sender=result.sender,
-                                         control_id=result.control_id, site=_site(result),
-                                         received_at=received_at, produced_at=now_iso()),
-                headers={"schema_version": str(rules_alerts.ALERT_SCHEMA_VERSION), "kind": alert.kind,
-                         "msh10": result.control_id, "sender": result.sender}))
+            out.append(alert_record(self.settings, comm, alert.kind, alert.codings, key=pid, sender=result.sender,
+                                    control_id=result.control_id, site=_site(result), received_at=received_at))
             self.metrics.inc("pivot_pharmacy_alerts_total", help_text="pharmacy alerts raised", kind=alert.kind)
             if self.audit is not None:
                 self.audit.disclose(alert_disclosure(comm, alert.kind))
