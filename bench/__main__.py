@@ -83,10 +83,11 @@ def _read_ack(sock: socket.socket, buf: bytearray) -> bytes:
     return frame
 
 
-def _client(port: int, msgs: list[bytes], latencies: list[float], codes: list[str], pace_s: float) -> None:
+def _client(port: int, msgs: list[bytes], latencies: list[float], codes: list[str], pace_s: float,
+            first_at: float) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     buf = bytearray()
-    next_at = time.perf_counter()
+    next_at = first_at
     for raw in msgs:
         if pace_s:
             delay = next_at - time.perf_counter()
@@ -108,7 +109,11 @@ def run_clients(
     codes: list[str] = []
     pace = connections / rate_per_s if rate_per_s else 0.0
     chunks = [msgs[i::connections] for i in range(connections)]
-    threads = [threading.Thread(target=_client, args=(port, c, latencies, codes, pace)) for c in chunks]
+    # paced: connection i starts i/rate s after the first, so that together they send one message
+    # every 1/rate s (started together, they would send in bursts of `connections` at once)
+    t0 = time.perf_counter() + 0.05
+    threads = [threading.Thread(target=_client, args=(port, c, latencies, codes, pace, t0 + i * pace / connections))
+               for i, c in enumerate(chunks)]
     t = time.perf_counter()
     for th in threads:
         th.start()

@@ -28,10 +28,11 @@ from gateway.samples import er_message
 START, END = b"\x0b", b"\x1c\x0d"
 
 
-def _sender(port: int, first: int, step: int, count: int, pace_s: float, out: list[tuple[float, float, str]]) -> None:
+def _sender(port: int, first: int, step: int, count: int, pace_s: float, first_at: float,
+            out: list[tuple[float, float, str]]) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     buf = bytearray()
-    next_at = time.perf_counter()
+    next_at = first_at
     for k in range(count):
         delay = next_at - time.perf_counter()
         if delay > 0:
@@ -55,8 +56,9 @@ def run(rate: float, seconds: float, connections: int) -> dict[str, float]:
     results: list[list[tuple[float, float, str]]] = [[] for _ in range(connections)]
     rss: dict[str, int] = {"start": rss_kb(proc.pid)}
     try:
+        t0 = time.perf_counter() + 0.05  # connection i starts i/rate s later: one message every 1/rate s
         threads = [threading.Thread(target=_sender, args=(mllp, i, connections, per_conn, connections / rate,
-                                                          results[i])) for i in range(connections)]
+                                                          t0 + i / rate, results[i])) for i in range(connections)]
         began = time.perf_counter()
         for t in threads:
             t.start()

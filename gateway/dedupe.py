@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from gateway import walcheckpoint
 from gateway.eventlog.embedded import secure_file
 
 
@@ -22,6 +23,8 @@ class DedupeIndex:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._path = path
+        walcheckpoint.watch(self._conn, path)
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS accepted (sender TEXT NOT NULL, control_id TEXT NOT NULL, "
             "at INTEGER NOT NULL, PRIMARY KEY (sender, control_id))")
@@ -45,4 +48,5 @@ class DedupeIndex:
 
     def close(self) -> None:
         with self._lock:
+            walcheckpoint.unwatch(self._path)
             self._conn.close()

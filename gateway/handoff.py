@@ -19,6 +19,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from gateway import walcheckpoint
 from gateway.eventlog.embedded import secure_file
 from gateway.intake import MapCache
 from mappings import MapResult
@@ -39,6 +40,8 @@ class SharedMapCache(MapCache):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # a process crash loses nothing; the worker re-resolves
         self._db.execute("PRAGMA busy_timeout=30000")
+        self._path = path
+        walcheckpoint.watch(self._db, path)
         self._db.execute("CREATE TABLE IF NOT EXISTS handoff (key TEXT PRIMARY KEY, body TEXT NOT NULL, "
                          "at INTEGER NOT NULL)")
         self._db_lock = threading.Lock()
@@ -61,4 +64,5 @@ class SharedMapCache(MapCache):
 
     def close(self) -> None:
         with self._db_lock:
+            walcheckpoint.unwatch(self._path)
             self._db.close()

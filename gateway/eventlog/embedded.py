@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import queue
 import select
@@ -25,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from gateway import walcheckpoint
 from gateway.errors import PublishError
 from gateway.eventlog.base import OutRecord, Record
 
@@ -37,8 +37,6 @@ CREATE TABLE IF NOT EXISTS offsets (
   grp TEXT NOT NULL, topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, topic));
 """
 _RECHECK_S = 0.2
-_CHECKPOINT_EVERY_S = 1.0
-log = logging.getLogger("pivot.eventlog")
 _Pending = tuple[list[OutRecord], threading.Event, list[BaseException]]
 
 
@@ -90,9 +88,7 @@ class EmbeddedLog:
         try:
             self._conn = _connect(path)
             self._conn.executescript(_SCHEMA)
-            # WAL checkpoints (copying the WAL into the database, with its own fsyncs) would run inside
-            # whichever append crossed the threshold and stall that ACK: a background thread does them
-            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            walcheckpoint.watch(self._conn, path)
             self._conn.execute("PRAGMA busy_timeout=0")  # begin_immediate waits, in short steps
         finally:
             os.umask(old)
@@ -101,22 +97,6 @@ class EmbeddedLog:
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="eventlog-writer", daemon=True)
         self._writer.start()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="eventlog-checkpoint",
-                                              daemon=True)
-        self._checkpointer.start()
-
-    def _checkpoint_loop(self) -> None:
-        """Checkpoint the WAL every second (PASSIVE: never waits for, nor blocks, the writer)."""
-        conn = _connect(self.path)
-        try:
-            while not self._closed:
-                time.sleep(_CHECKPOINT_EVERY_S)
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    log.debug("eventlog checkpoint skipped", exc_info=True)
-        finally:
-            conn.close()
 
     # -- writing ---------------------------------------------------------------------------------
     def append(self, record: OutRecord) -> None:
@@ -234,6 +214,7 @@ class EmbeddedLog:
         self._writer.join(timeout=10)
         with self._changed:
             self._changed.notify_all()
+        walcheckpoint.unwatch(self.path)
         self._conn.close()
 
 

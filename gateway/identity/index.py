@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway import walcheckpoint
 from gateway.eventlog.embedded import secure_file
 
 JSON = dict[str, Any]
@@ -99,17 +100,19 @@ class IdentityIndex:
     """Typed access to the index tables (see module docstring). Thread-safe through one lock."""
 
     def __init__(self, data_dir: Path | None) -> None:
+        self._path: Path | None = None
         if data_dir is None:
             target = ":memory:"
         else:
-            path = Path(data_dir) / FILE_NAME
-            secure_file(path)
-            target = str(path)
+            self._path = Path(data_dir) / FILE_NAME
+            secure_file(self._path)
+            target = str(self._path)
         self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
         self._conn.execute("PRAGMA busy_timeout=30000")
-        if data_dir is not None:
+        if self._path is not None:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            walcheckpoint.watch(self._conn, self._path)
         self._conn.executescript(_SCHEMA)
         self._lock = threading.RLock()
         self._closed = False
@@ -132,6 +135,8 @@ class IdentityIndex:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._path is not None:
+                    walcheckpoint.unwatch(self._path)
                 self._conn.close()
 
     def clear(self) -> None:

