@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
+from gateway import __version__
 from gateway.dedupe import DedupeIndex
 from gateway.defisante import DefiSanteRules
 from gateway.delivery.client import FhirClient
@@ -142,7 +143,7 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
     from gateway.defisante.routes import make_defisante_router
     from gateway.http import install_fhir_error_handler, make_fhir_router
 
-    app = FastAPI(title="Pivot gateway", version="0.1.0")
+    app = FastAPI(title="Pivot gateway", version=__version__)
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway import __version__
 from gateway.fhirstore.params import RESOURCE_TYPES, SEARCH_PARAMS, SORTS, include_params
 
 INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create",
                 "search-type")
 SYSTEM_INTERACTIONS = ("transaction", "batch")
-RELEASE_DATE = "2026-11-23"
+RELEASE_DATE = "2026-11-24"
 
 DOCUMENTATION = (
     "Search: parameters are repeated for AND and comma-separated for OR; unknown parameters are "
@@ -22,7 +23,7 @@ DOCUMENTATION = (
 )
 
 
-def capability_statement(base: str, software_version: str = "0.1.0") -> dict[str, Any]:
+def capability_statement(base: str, software_version: str = __version__) -> dict[str, Any]:
     """The server's CapabilityStatement: one rest.resource per supported type."""
     resources = []
     for rtype in RESOURCE_TYPES:
