@@ -140,19 +140,28 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
     ``console_options`` are passed to the console router (tests: its config, stream timings)."""
     from connectors.http import make_hl7v2_router
     from gateway.console import make_console_router
+    from gateway.defisante import conformance
     from gateway.defisante.routes import make_defisante_router
+    from gateway.fhirstore.capability import BACKPORT_OPERATIONS, route_operations
     from gateway.http import install_fhir_error_handler, make_fhir_router
 
     app = FastAPI(title="Pivot gateway", version=__version__)
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
-    app.include_router(make_defisante_router(lambda: gateway.defisante), prefix="/fhir")
+    fhir_routers = [make_defisante_router(lambda: gateway.defisante)]
+    app.include_router(fhir_routers[0], prefix="/fhir")
     app.include_router(make_console_router(lambda: gateway, **(console_options or {})))
-    app.include_router(make_subscription_router(lambda: gateway.subscriptions), prefix="/fhir")
-    app.include_router(make_fhir_router(lambda: gateway.store), prefix="/fhir")
+    fhir_routers += [make_subscription_router(lambda: gateway.subscriptions), make_fhir_router(lambda: gateway.store)]
+    for router in fhir_routers[1:]:
+        app.include_router(router, prefix="/fhir")
     install_fhir_error_handler(app)
     install_security(app, gateway.security)
+    ours = {od["code"]: od["url"] for (rtype, _id), od in conformance.resources().items()
+            if rtype == "OperationDefinition"}
+    definitions = {**BACKPORT_OPERATIONS, **ours}
+    paths = ("/fhir" + str(getattr(route, "path", "")) for router in fhir_routers for route in router.routes)
+    app.state.fhir_operations = route_operations(paths, definitions)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

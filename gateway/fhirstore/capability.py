@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway import __version__
@@ -23,8 +25,39 @@ DOCUMENTATION = (
 )
 
 
-def capability_statement(base: str, software_version: str = __version__) -> dict[str, Any]:
-    """The server's CapabilityStatement: one rest.resource per supported type."""
+# the Subscriptions Backport IG's operations (gateway.subscriptions answers them)
+BACKPORT_OPERATIONS = {
+    "status": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status",
+    "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
+}
+_OPERATION_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)/(?:[^/]+/)?\$(?P<name>[a-z][a-z0-9-]*)")
+Operation = tuple[str, str, str]  # (resource type, operation name, OperationDefinition canonical)
+
+
+def route_operations(paths: Iterable[str], definitions: Mapping[str, str]) -> list[Operation]:
+    """The operations the app answers, read from its routes (``/fhir/Type[/id]/$name``), once each.
+
+    Every operation must have its definition: a route added without one raises (a test builds the
+    whole app), so the CapabilityStatement never lists less, or more, than what is served."""
+    found: set[Operation] = set()
+    for path in paths:
+        m = _OPERATION_PATH.fullmatch(path)
+        if m is None:
+            continue
+        name = m["name"]
+        if name not in definitions:
+            raise ValueError(f"operation ${name} ({path}) has no OperationDefinition")
+        found.add((m["type"], name, definitions[name]))
+    return sorted(found)
+
+
+def capability_statement(base: str, software_version: str = __version__,
+                         operations: Iterable[Operation] = ()) -> dict[str, Any]:
+    """The server's CapabilityStatement: one rest.resource per supported type, with its operations
+    (a type served only through operations, such as Group, is listed with those alone)."""
+    by_type: dict[str, list[dict[str, str]]] = {}
+    for rtype, name, definition in operations:
+        by_type.setdefault(rtype, []).append({"name": name, "definition": definition})
     resources = []
     for rtype in RESOURCE_TYPES:
         params = SEARCH_PARAMS[rtype]
@@ -46,7 +79,10 @@ def capability_statement(base: str, software_version: str = __version__) -> dict
             "conditionalDelete": "not-supported",
             "searchInclude": [f"{rtype}:{p.name}" for p in include_params(rtype)],
             "searchParam": search_params,
+            **({"operation": by_type[rtype]} if rtype in by_type else {}),
         })
+    resources.extend({"type": rtype, "operation": ops} for rtype, ops in sorted(by_type.items())
+                     if rtype not in RESOURCE_TYPES)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -84,7 +84,8 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
-        return _respond(capability_statement(base(request)))
+        operations = getattr(request.app.state, "fhir_operations", ())  # set by gateway.app.create_app
+        return _respond(capability_statement(base(request), operations=operations))
 
     @router.post("")
     @router.post("/")
