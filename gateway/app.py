@@ -142,7 +142,7 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
     from gateway.console import make_console_router
     from gateway.defisante import conformance
     from gateway.defisante.routes import make_defisante_router
-    from gateway.fhirstore.capability import BACKPORT_OPERATIONS, route_operations
+    from gateway.fhirstore.capability import BACKPORT_OPERATIONS, read_routes
     from gateway.http import install_fhir_error_handler, make_fhir_router
 
     app = FastAPI(title="Pivot gateway", version=__version__)
@@ -161,7 +161,7 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
             if rtype == "OperationDefinition"}
     definitions = {**BACKPORT_OPERATIONS, **ours}
     paths = ("/fhir" + str(getattr(route, "path", "")) for router in fhir_routers for route in router.routes)
-    app.state.fhir_operations = route_operations(paths, definitions)
+    app.state.fhir_routes = read_routes(paths, definitions)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

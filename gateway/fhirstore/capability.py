@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway import __version__
@@ -31,32 +32,44 @@ BACKPORT_OPERATIONS = {
     "events": "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-events",
 }
 _OPERATION_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)/(?:[^/]+/)?\$(?P<name>[a-z][a-z0-9-]*)")
+_READ_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)/[^/$]+")
+_SEARCH_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)")
 Operation = tuple[str, str, str]  # (resource type, operation name, OperationDefinition canonical)
 
 
-def route_operations(paths: Iterable[str], definitions: Mapping[str, str]) -> list[Operation]:
-    """The operations the app answers, read from its routes (``/fhir/Type[/id]/$name``), once each.
+@dataclass(frozen=True)
+class Routes:
+    """What an app's routes serve beyond the store: operations, and read/search of other types."""
 
-    Every operation must have its definition: a route added without one raises (a test builds the
-    whole app), so the CapabilityStatement never lists less, or more, than what is served."""
-    found: set[Operation] = set()
+    operations: tuple[Operation, ...] = ()
+    interactions: tuple[tuple[str, str], ...] = ()  # (resource type, "read" | "search-type")
+
+
+def read_routes(paths: Iterable[str], definitions: Mapping[str, str]) -> Routes:
+    """Operations (``/fhir/Type[/id]/$name``) and reads/searches of named types (``/fhir/Type/{id}``,
+    ``/fhir/Type``) among route paths; the store's own routes, whose type is a path parameter, are
+    not among them. Every operation must have its definition: a route added without one raises (a
+    test builds the whole app), so the CapabilityStatement never lists less, or more, than is served."""
+    ops: set[Operation] = set()
+    interactions: set[tuple[str, str]] = set()
     for path in paths:
-        m = _OPERATION_PATH.fullmatch(path)
-        if m is None:
-            continue
-        name = m["name"]
-        if name not in definitions:
-            raise ValueError(f"operation ${name} ({path}) has no OperationDefinition")
-        found.add((m["type"], name, definitions[name]))
-    return sorted(found)
+        if m := _OPERATION_PATH.fullmatch(path):
+            name = m["name"]
+            if name not in definitions:
+                raise ValueError(f"operation ${name} ({path}) has no OperationDefinition")
+            ops.add((m["type"], name, definitions[name]))
+        elif m := _READ_PATH.fullmatch(path):
+            interactions.add((m["type"], "read"))
+        elif m := _SEARCH_PATH.fullmatch(path):
+            interactions.add((m["type"], "search-type"))
+    return Routes(tuple(sorted(ops)), tuple(sorted(interactions)))
 
 
-def capability_statement(base: str, software_version: str = __version__,
-                         operations: Iterable[Operation] = ()) -> dict[str, Any]:
-    """The server's CapabilityStatement: one rest.resource per supported type, with its operations
-    (a type served only through operations, such as Group, is listed with those alone)."""
+def capability_statement(base: str, software_version: str = __version__, routes: Routes = Routes()) -> dict[str, Any]:
+    """The server's CapabilityStatement: one rest.resource per type of the store, with its operations,
+    then the types served outside the store (Group, conformance resources) with what they allow."""
     by_type: dict[str, list[dict[str, str]]] = {}
-    for rtype, name, definition in operations:
+    for rtype, name, definition in routes.operations:
         by_type.setdefault(rtype, []).append({"name": name, "definition": definition})
     resources = []
     for rtype in RESOURCE_TYPES:
@@ -81,8 +94,17 @@ def capability_statement(base: str, software_version: str = __version__,
             "searchParam": search_params,
             **({"operation": by_type[rtype]} if rtype in by_type else {}),
         })
-    resources.extend({"type": rtype, "operation": ops} for rtype, ops in sorted(by_type.items())
-                     if rtype not in RESOURCE_TYPES)
+    others = sorted(({t for t, _ in routes.interactions} | set(by_type)) - set(RESOURCE_TYPES))
+    for rtype in others:
+        codes = [code for t, code in routes.interactions if t == rtype]
+        entry: dict[str, Any] = {"type": rtype}
+        if codes:
+            entry["interaction"] = [{"code": code} for code in codes]
+        if "search-type" in codes:  # conformance resources: found by their canonical url
+            entry["searchParam"] = [{"name": "url", "type": "uri", "documentation": "the canonical url"}]
+        if rtype in by_type:
+            entry["operation"] = by_type[rtype]
+        resources.append(entry)
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.errors import StoreError
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore.bundles import history_bundle, operation_outcome, searchset
-from gateway.fhirstore.capability import capability_statement
+from gateway.fhirstore.capability import Routes, capability_statement
 from gateway.fhirstore.interactions import (
     Interaction,
     Result,
@@ -84,8 +84,8 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
 
     @router.get("/metadata")
     def metadata(request: Request) -> Response:
-        operations = getattr(request.app.state, "fhir_operations", ())  # set by gateway.app.create_app
-        return _respond(capability_statement(base(request), operations=operations))
+        routes = getattr(request.app.state, "fhir_routes", Routes())  # set by gateway.app.create_app
+        return _respond(capability_statement(base(request), routes=routes))
 
     @router.post("")
     @router.post("/")
