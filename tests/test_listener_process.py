@@ -40,6 +40,16 @@ def _listener_pid(pid: int) -> int:
     raise AssertionError("no listener child process")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -77,9 +87,9 @@ def test_sigkill_of_the_gateway_takes_the_listener_with_it(serve_factory: Any) -
     assert str(gw.proc.pid) in Path(f"/proc/{child}/task/{child}/stat").read_text().split()[3]  # main thread's child
     gw.kill()
     wait_for(lambda: not _alive(child), timeout_s=10)
-    with socket.socket() as s:  # the port is free again for the restart
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("127.0.0.1", gw.mllp_port))
+    # the port is free again for the restart (the main thread shows as a zombie while the other
+    # threads still exit, with the socket: a moment later, not at once)
+    wait_for(lambda: _port_free(gw.mllp_port), timeout_s=10)
 
 
 def test_a_listener_that_dies_alone_is_restarted(serve_factory: Any) -> None:
