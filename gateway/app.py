@@ -149,12 +149,11 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
-    fhir_routers = [make_defisante_router(lambda: gateway.defisante)]
-    app.include_router(fhir_routers[0], prefix="/fhir")
-    app.include_router(make_console_router(lambda: gateway, **(console_options or {})))
-    fhir_routers += [make_subscription_router(lambda: gateway.subscriptions), make_fhir_router(lambda: gateway.store)]
-    for router in fhir_routers[1:]:
+    fhir_routers = [make_defisante_router(lambda: gateway.defisante),
+                    make_subscription_router(lambda: gateway.subscriptions), make_fhir_router(lambda: gateway.store)]
+    for router in fhir_routers:
         app.include_router(router, prefix="/fhir")
+    app.include_router(make_console_router(lambda: gateway, **(console_options or {})))  # under /console
     install_fhir_error_handler(app)
     install_security(app, gateway.security)
     ours = {od["code"]: od["url"] for (rtype, _id), od in conformance.resources().items()

@@ -46,6 +46,17 @@ def ack_field(ack: bytes, segment: str, field: int, encoding: str = "utf-8") -> 
     return ""
 
 
+def port_bindable(port: int) -> bool:
+    """A listener can bind ``port`` again (SO_REUSEADDR, as uvicorn and asyncio's servers set it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def wait_for(predicate: Any, timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from gateway.samples import er_message
 from gateway.settings import Settings
 from gateway.topics import DEADLETTER, FHIR_TYPES
 from tests.conftest import ServeProcess
-from tests.e2e_helpers import FrameReader, ack_field, search, wait_for
+from tests.e2e_helpers import FrameReader, ack_field, port_bindable, search, wait_for
 from tests.fhir_server_fixtures import SekmetServer
 
 TOTAL = 5_000
@@ -153,17 +153,6 @@ def _listening(port: int) -> bool:
     return False
 
 
-def _bindable(port: int) -> bool:
-    """A listener can bind ``port`` again (SO_REUSEADDR, as uvicorn and asyncio's servers set it)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 # -- an MLLP sender (one connection, one message at a time, like a real feed) ----------------------
 class Sender(threading.Thread):
     """Sends ``msgs`` in order on one connection; ``sent`` = how many got an AA (the rest: resend)."""
@@ -275,7 +264,7 @@ def test_gateway_sigkilled_under_10_connections_loses_and_duplicates_nothing(
     assert gw.survivors() == {}, "processes of the gateway survived the SIGKILL of its process group"
     for port in (gw.http_port, gw.mllp_port):
         assert not _listening(port), f"something still listens on {port} after the SIGKILL"
-        assert _bindable(port), f"port {port} cannot be bound again"
+        assert port_bindable(port), f"port {port} cannot be bound again"
 
     gw.start()  # same data dir, same ports
     recovered_at = time.monotonic()

@@ -25,7 +25,7 @@ from gateway.metrics import Metrics
 from gateway.samples import er_message
 from mappings import MapResult
 from tests.conftest import ROOT, free_port
-from tests.e2e_helpers import FrameReader, ack_field, entries, search, wait_for
+from tests.e2e_helpers import FrameReader, ack_field, entries, port_bindable, search, wait_for
 
 
 def _children(pid: int) -> list[int]:
@@ -38,16 +38,6 @@ def _listener_pid(pid: int) -> int:
         if b"gateway.listener" in Path(f"/proc/{child}/cmdline").read_bytes():
             return child
     raise AssertionError("no listener child process")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _alive(pid: int) -> bool:
@@ -89,7 +79,7 @@ def test_sigkill_of_the_gateway_takes_the_listener_with_it(serve_factory: Any) -
     wait_for(lambda: not _alive(child), timeout_s=10)
     # the port is free again for the restart (the main thread shows as a zombie while the other
     # threads still exit, with the socket: a moment later, not at once)
-    wait_for(lambda: _port_free(gw.mllp_port), timeout_s=10)
+    wait_for(lambda: port_bindable(gw.mllp_port), timeout_s=10)
 
 
 def test_a_listener_that_dies_alone_is_restarted(serve_factory: Any) -> None:

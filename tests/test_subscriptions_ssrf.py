@@ -18,7 +18,6 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from gateway.http import make_fhir_router
 from gateway.subscriptions import SubscriptionConfig, SubscriptionEngine, make_subscription_router
 from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused, address_problem
 from tests.test_subscriptions import FAST, SECRET, Receiver, care_plan, communication, subscription
+from tests.test_subscriptions import Env as SubscriptionsEnv
 
 JSON = dict[str, Any]
 PUBLIC = "93.184.216.34"
@@ -60,12 +60,8 @@ class Resolver:
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
-@dataclass
-class Env:
-    store: FhirStore
-    engine: SubscriptionEngine
-    client: TestClient
-    receiver: Receiver
+class Env(SubscriptionsEnv):
+    """The subscriptions test environment, plus reading an OperationOutcome and waiting."""
 
     def outcome(self, resp: Any) -> str:
         body: JSON = resp.json()
