@@ -1,7 +1,9 @@
 """Benchmark: tokenizer vs hl7apy vs parse+map+validate vs end-to-end MLLP → AA (embedded defaults).
 
 Every figure is measured in this run on this machine; the ratios between them are what to compare
-across machines. Run with ``make bench`` (``python -m bench [--messages N]``).
+across machines. Run with ``make bench`` (``python -m bench [--messages N]``); ``--only e2e`` runs
+the parse+map+validate and end-to-end figures alone, ``--only lookalikes`` the look-alike test
+patients run alone (bench/lookalikes.py).
 """
 
 from __future__ import annotations
@@ -178,7 +180,16 @@ def main() -> int:
     ap.add_argument("--ds-rate", type=float, default=300.0, help="Défi Santé: background msg/s")
     ap.add_argument("--load-seconds", type=float, default=300.0,
                     help="sustained load: seconds at 300 msg/s over 20 connections (0 = skip)")
+    ap.add_argument("--lookalikes", type=int, default=5_000,
+                    help="look-alike test patients vs as many different people (0 = skip)")
+    ap.add_argument("--only", choices=("e2e", "lookalikes"),
+                    help="run only the end-to-end figures (parse+map+validate too) or only the look-alikes")
     args = ap.parse_args()
+    if args.only == "lookalikes":
+        from bench.lookalikes import run_and_report
+
+        run_and_report(args.lookalikes)
+        return 0
     msgs = [er_message(i) for i in range(2_000)]
     tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
     apy = bench_hl7apy(msgs[:100])
@@ -207,6 +218,12 @@ def main() -> int:
     met = sum(e2e[k] < 20 for k in ("paced_p99", "paced2_p99"))
     print(f"  parse+map+validate: {'met' if full >= 1500 else 'NOT met'}; "
           f"paced AA p99 < 20 ms: met in {met} of 2 runs")
+    if args.only == "e2e":
+        return 0
+    if args.lookalikes:
+        from bench.lookalikes import run_and_report
+
+        run_and_report(args.lookalikes)
     if args.ds_alerts:
         from bench.defisante import bench_defisante, report
 

@@ -24,6 +24,7 @@ from gateway.delivery.config import client_from_settings
 from gateway.delivery.sink import DeliverySink
 from gateway.errors import ConfigError
 from gateway.eventlog.base import EventLog
+from gateway.eventlog.embedded import private_dir, secure_file
 from gateway.fhirstore import FhirStore
 from gateway.identity import IdentityResolver
 from gateway.intake import Intake, MapCache
@@ -59,13 +60,16 @@ class Gateway:
         self.listener_process = listener_process
         # built first: a delivery misconfiguration stops the start-up with the setting's name
         self.fhir_client: FhirClient | None = client_from_settings(settings) if settings.fhir_base_url else None
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)  # 0700 (gateway/eventlog/embedded.py)
         self.metrics = Metrics()
         self.profiles = Profiles.load(settings.sender_profiles, settings.default_timezone)
         self.systems = IdentifierSystems.load(settings.identifier_systems)
         self.log = open_log(settings)
         self.security = Security(settings, event_log=self.log, metrics=self.metrics)
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
+        from gateway.security.audit_careteam import CareTeamAudit
+
+        self.store.add_listener(CareTeamAudit(self.security.audit, self.store))  # every care-team change
         self.subscriptions = SubscriptionEngine(self.store, SubscriptionConfig(
             base_url=f"http://{settings.host}:{settings.http_port}/fhir",
             state_path=settings.data_dir / "subscriptions.sqlite",
@@ -89,7 +93,7 @@ class Gateway:
 
         self.pharmacy = PharmacyRules(self.store, settings, metrics=self.metrics, audit=self.security.audit)
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
-                             self.cache, self.identity, authorize=self.security.authorize_message)
+                             self.cache, self.identity, authorize=self.security.authorize_sender)
         self.workers: list[Worker] = []
         self.instance_id = _instance_id(settings.data_dir)
 
@@ -127,9 +131,10 @@ class Gateway:
 
 
 def _instance_id(data_dir: Path) -> str:
-    """A stable id for this gateway instance (its data dir), created on first start."""
+    """A stable id for this gateway instance (its data dir), created 0600 on first start."""
     path = data_dir / "instance-id"
-    if not path.exists():
+    secure_file(path)  # created empty 0600, or an existing one (earlier versions made it 0644) tightened
+    if not path.read_text().strip():
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
 
@@ -149,12 +154,18 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
     app.include_router(make_hl7v2_router(lambda: gateway.intake,
                                         max_bytes=gateway.settings.mllp_max_message_bytes))
     # the Défi Santé operations first: their paths ($…, CodeSystem…) would else reach the store's routes
+    from gateway.security.audit_routes import make_audit_router
+
     fhir_routers = [make_defisante_router(lambda: gateway.defisante),
-                    make_subscription_router(lambda: gateway.subscriptions), make_fhir_router(lambda: gateway.store)]
+                    make_subscription_router(lambda: gateway.subscriptions),
+                    make_audit_router(lambda: gateway.security.audit.path), make_fhir_router(lambda: gateway.store)]
     for router in fhir_routers:
         app.include_router(router, prefix="/fhir")
     app.include_router(make_console_router(lambda: gateway, **(console_options or {})))  # under /console
     install_fhir_error_handler(app)
+    from gateway.security.limits import Limits, RequestLimits
+
+    app.add_middleware(RequestLimits, limits=Limits.of(gateway.settings))  # inside the guard: after its 401/403
     install_security(app, gateway.security)
     ours = {od["code"]: od["url"] for (rtype, _id), od in conformance.resources().items()
             if rtype == "OperationDefinition"}
@@ -181,7 +192,6 @@ async def serve(settings: Settings) -> None:
     """Run the gateway in the foreground until SIGINT/SIGTERM."""
     import uvicorn
 
-    from connectors.mllp import MllpServer
     from gateway.http.server import server_config
 
     for warning in check_startup(settings):  # ConfigError when exposed without auth / plain MLLP
@@ -190,7 +200,7 @@ async def serve(settings: Settings) -> None:
     gateway = Gateway(settings, listener_process=split)
     gateway.start_workers()
     app = create_app(gateway)
-    from gateway.listener import tune_gc
+    from gateway.listener import mllp_server, tune_gc
 
     tune_gc()
     mllp: Any
@@ -201,11 +211,7 @@ async def serve(settings: Settings) -> None:
         assert isinstance(gateway.log, EmbeddedLog)
         mllp = ListenerProcess(settings, gateway.log.follow)
     else:
-        mllp = MllpServer(gateway.intake, host=settings.host, port=settings.mllp_port,
-                          max_message_bytes=settings.mllp_max_message_bytes,
-                          idle_timeout_s=settings.mllp_idle_timeout_s,
-                          max_connections=settings.mllp_max_connections, metrics=gateway.metrics,
-                          ssl_context=gateway.security.mllp_ssl, identify=gateway.security.certificate_identity)
+        mllp = mllp_server(gateway.intake, settings, gateway.metrics, gateway.security)
     connectors: list[Any] = [mllp]
     if settings.kafka_raw_in_topic:
         if settings.embedded:

@@ -8,6 +8,9 @@
     pivot deadletter list             list dead letters (id, stage, codes, sender, MSH-10, reason)
     pivot deadletter show ID          one dead letter with hl7apy's strict diagnostics (positions)
     pivot deadletter replay ID…       send dead letters through the intake again
+
+Every command is pipe-safe (``pivot candidates | head``: a reader that goes away is exit 0, no
+traceback); one-shot commands log warnings only unless ``PIVOT_LOG_LEVEL`` is set explicitly.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cli_log_level(command: str, configured: str) -> str:
+    """``serve`` logs at the configured level; one-shot commands (ingest, candidates…) print their own
+    summary, so the gateway's INFO chatter (identity, workers) is not shown unless ``PIVOT_LOG_LEVEL``
+    asks for it explicitly (the progress bar is shown only when stderr is a terminal)."""
+    if command == "serve" or "PIVOT_LOG_LEVEL" in os.environ:
+        return configured
+    return "WARNING" if configured.upper() in ("DEBUG", "INFO") else configured
+
+
+def _reader_gone() -> int:
+    """The reader of our stdout went away (``pivot candidates | head``): not an error. Point stdout at
+    /dev/null so the interpreter's final flush does not raise again, and exit 0."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -68,9 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pivot: configuration error: {exc.message}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(_cli_log_level(args.command, settings.log_level))
     try:
-        return _run(args, settings)
+        code = _run(args, settings)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         print(f"pivot: configuration error: {exc.message}", file=sys.stderr)
         return 2
@@ -120,7 +148,6 @@ def _ingest(gateway: object, args: argparse.Namespace) -> int:
     files = list(args.files)
     spool: Path | None = None
     if Path("-") in files:  # standard input (e.g. `pivot simulate | pivot ingest -`): spooled to a 0600 file
-        import os
         import tempfile
 
         fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".hl7", dir=gateway.settings.data_dir)
@@ -129,7 +156,8 @@ def _ingest(gateway: object, args: argparse.Namespace) -> int:
         spool = Path(name)
         files = [spool if f == Path("-") else f for f in files]
     try:
-        summary = ingest_files(files, gateway.intake, progress=not args.no_progress)
+        progress = not args.no_progress and sys.stderr.isatty()
+        summary = ingest_files(files, gateway.intake, progress=progress)
     finally:
         if spool is not None:
             spool.unlink(missing_ok=True)

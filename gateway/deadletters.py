@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+
 from connectors.base import Origin, Reply
 from gateway.envelope import fhir_envelope, now_iso
 from gateway.errors import GatewayError, PublishError
@@ -48,8 +50,15 @@ def list_deadletters(gateway: Gateway) -> list[DeadLetter]:
     return out
 
 
+class _PipeConsole(Console):
+    """rich exits 1 when stdout's reader goes away; `pivot deadletter list | head` is not an error, so
+    the BrokenPipeError goes up to the command line, which exits 0 (gateway.cli)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def print_deadletters(items: list[DeadLetter]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Dead letters ({len(items)})")
@@ -57,7 +66,7 @@ def print_deadletters(items: list[DeadLetter]) -> None:
         table.add_column(col)
     for d in items:
         table.add_row(d.id, d.at, d.stage, d.code, d.hl7_code, d.sender, d.control_id, str(d.size), d.reason)
-    Console(width=200).print(table)
+    _PipeConsole(width=200).print(table)
 
 
 def diagnostics(raw: bytes) -> list[str]:
@@ -85,6 +94,16 @@ def print_deadletter(item: DeadLetter) -> None:
         print(f"  {line}")
 
 
+# stages an operator's replay must not send through the intake again, and why
+_NOT_REPLAYABLE = {
+    # a replay carries no sender identity, so it would bypass the sender-authority check that refused it
+    "forbidden": "the sender may not write that site's records; fix the sender's registration "
+                 "(facilities, authorities) and have the sender resend",
+    # the message was accepted (AA with a warning); replaying would apply it twice
+    "warning": "the message was accepted with this warning; there is nothing to replay",
+}
+
+
 def replay(gateway: Gateway, ref: str) -> Reply:
     """Send one dead letter through the intake again (its duplicate entry is forgotten first).
 
@@ -92,6 +111,9 @@ def replay(gateway: Gateway, ref: str) -> Reply:
     """
     for item in list_deadletters(gateway):
         if item.id == ref:
+            refusal = _NOT_REPLAYABLE.get(item.stage)
+            if refusal:
+                raise GatewayError(f"dead letter {ref} (stage {item.stage}) is not replayed: {refusal}")
             if item.stage == "deliver":
                 return _replay_bundle(gateway, item)
             if item.control_id:

@@ -3,9 +3,12 @@
     GatewayError                    code  stage      ACK
     ├── ConfigError                 1000  start-up   (process refuses to start)
     ├── ParseError                  1200  parse      AR  (not HL7 / unreadable)
-    │   └── CharsetError            1210  parse      AE  (bytes invalid for the declared charset)
+    │   ├── CharsetError            1210  parse      AE  (bytes invalid for the declared charset)
+    │   └── IncompleteFrameError    1220  parse      AR  (an MLLP frame cut short by a new start block)
     ├── UnsupportedError            1300  route      AR  (message type/trigger we do not handle)
     ├── MapError                    1400  map        AE  (content we cannot map: missing PID, bad date)
+    │   └── StructureError          1410  structure  AE  (a segment/field the structure requires is missing)
+    ├── MapWarning                  1450  warning    AA + ERR severity W (not raised: MapResult.warnings)
     ├── ValidateError               1500  validate   AE  (a produced resource is not valid FHIR R4)
     ├── PublishError                1600  publish    AR  (log/Kafka unavailable: "system down")
     ├── DeliverError                1700  deliver    (dead letter after retries)
@@ -88,6 +91,14 @@ class CharsetError(ParseError):
     hl7_code = "102"
 
 
+class IncompleteFrameError(ParseError):
+    """An MLLP frame a new start block interrupted before its end block: dead-lettered, and answered
+    (AR) only when its whole MSH segment came, so that the AR's MSA-2 is the sender's MSH-10."""
+
+    code = 1220
+    hl7_code = "207"
+
+
 class UnsupportedError(GatewayError):
     """Message type, trigger event, version or processing id we do not handle."""
 
@@ -102,6 +113,24 @@ class MapError(GatewayError):
     code = 1400
     ack_code = "AE"
     hl7_code = "101"
+
+
+class StructureError(MapError):
+    """A segment (ERR-3 100) or field (101) the message structure requires is missing
+    (mappings/codemaps/required-structure.json); checked before the message is stored."""
+
+    code = 1410
+    hl7_code = "100"
+
+
+class MapWarning(GatewayError):
+    """Not raised: something the mapping dropped while accepting the message (an end before its
+    start), carried on MapResult.warnings; the ACK stays AA with an ERR of severity W (ERR-3 0
+    "message accepted"), and the intake keeps a ``warning`` review entry in the dead letters."""
+
+    code = 1450
+    ack_code = "AA"
+    hl7_code = "0"
 
 
 class ValidateError(GatewayError):

@@ -2,9 +2,13 @@
 
     raw bytes ─ parse (our tokenizer; charset per MSH-18 or sender profile) ──✗── AR/AE + dead letter
               ─ supported type/trigger? ─────────────────────────────────────✗── AR + dead letter
+              ─ sender may send it (gateway.security: MSH-4, kind, authorities of PID-3/MRG-1/PV1-19;
+                anonymous MLLP with PIVOT_AUTH on) ───────────────────────────✗── AR + dead letter
+              ─ required segments/fields (mappings/structure.py)? ──────────✗── AE (enhanced: CE) + dead letter
               ─ duplicate (sender + MSH-10 already accepted)? ──────────────✓── ACK again, nothing changes
               ─ original mode:  map + validate ──✗── AE + dead letter
-                                append raw to hl7v2.in (durable) ── AA
+                                append raw to hl7v2.in (durable) ── AA (+ ERR severity W and a
+                                "warning" review entry per value the mapping dropped)
               ─ enhanced mode:  append raw to hl7v2.in (durable) ── commit ACK CA (per MSH-15)
                                 map + validate ── application ACK AA/AE (per MSH-16)
 
@@ -25,14 +29,22 @@ from datetime import UTC, datetime
 from connectors.base import Origin, Reply
 from gateway.dedupe import DedupeIndex
 from gateway.envelope import deadletter_headers, inbound_headers, now_iso
-from gateway.errors import GatewayError, MapError, ParseError, PublishError
+from gateway.errors import GatewayError, IncompleteFrameError, MapError, MapWarning, ParseError, PublishError
 from gateway.eventlog.base import EventLog, OutRecord
 from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
 from gateway.hl7v2.tokenizer import Message, parse, parse_text
 from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
 from gateway.settings import Settings
-from mappings import IdentifierSystems, MapContext, MapResult, Profiles, check_supported, map_message
+from mappings import (
+    IdentifierSystems,
+    MapContext,
+    MapResult,
+    Profiles,
+    check_required,
+    check_supported,
+    map_message,
+)
 from mappings.messages import SUPPORTED
 from mappings.pharmacy import PHARMACY_TRIGGERS
 
@@ -91,7 +103,7 @@ class Intake:
     def __init__(self, settings: Settings, log_: EventLog, dedupe: DedupeIndex, profiles: Profiles,
                  systems: IdentifierSystems, metrics: Metrics, cache: MapCache,
                  identity: IdentityResolver | None = None,
-                 authorize: Callable[[str, Message], None] | None = None) -> None:
+                 authorize: Callable[[Origin, Message], None] | None = None) -> None:
         self.settings = settings
         self.log = log_
         self.dedupe = dedupe
@@ -100,7 +112,7 @@ class Intake:
         self.metrics = metrics
         self.cache = cache
         self.identity = identity or IdentityResolver()
-        self.authorize = authorize  # per-sender allow-list (gateway.security), None = everyone
+        self.authorize = authorize  # Security.authorize_sender: allow-list, authorities; None = everyone
         self.senders = SenderLabels()
         self.topic_in = settings.topic("hl7v2.in")
         self.topic_dead = settings.topic("deadletter")
@@ -114,10 +126,16 @@ class Intake:
         return reply
 
     def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
-        """A frame the connector could not pass on (e.g. oversize): AR, head kept as a dead letter."""
+        """A frame the connector could not pass on (oversize, incomplete): AR, head kept as a dead letter.
+
+        An incomplete frame (IncompleteFrameError) is answered only when its whole MSH segment came
+        (else MSA-2 could be a cut MSH-10, or empty: the sender would take the AR for its next message).
+        """
         control_id = recover_control_id(head)
         sender = _sender_of(_msh_only(head))
         self._dead(head, error, stage="receive", sender=sender, control_id=control_id, origin=origin)
+        if isinstance(error, IncompleteFrameError) and not (control_id and _whole_msh(head)):
+            return Reply(code="AR", acks=[], control_id="", error=error.describe())
         self._count(origin, "AR", sender, "")
         return Reply(code="AR", acks=[build_ack("AR", msg=None, raw=head, error=error)],
                      control_id=control_id, error=error.describe())
@@ -134,14 +152,19 @@ class Intake:
             return self._reject(raw, None, exc, origin, sender)
         if self.authorize is not None:
             try:
-                self.authorize(origin.identity, msg)
-            except GatewayError as exc:  # AR 207, dead letter at stage "forbidden"
+                self.authorize(origin, msg)
+            except GatewayError as exc:  # AR 207 (204: an authority it does not own), dead letter "forbidden"
                 return self._reject(raw, msg, exc, origin, msg.sender)
         sender = msg.sender
         control_id = msg.control_id
         if not control_id:
             return self._reject(raw, msg, MapError("MSH-10 message control id is empty",
                                                    hl7_code="101"), origin, sender)
+        profile = self.profiles.for_message(msg)
+        try:  # before the store: a missing required segment/field is AE (original), CE (enhanced)
+            check_required(msg, profile.relax)
+        except GatewayError as exc:
+            return self._reject(raw, msg, exc, origin, sender)
         accept_mode, app_mode = ack_modes(msg)
         enhanced = bool(accept_mode or app_mode)
         if self.dedupe.seen(sender, control_id):
@@ -149,12 +172,15 @@ class Intake:
             acks = self._acks(msg, "AA", None, enhanced, accept_mode, app_mode)
             return Reply(code="AA", acks=acks, control_id=control_id, duplicate=True)
         key = f"{sender}|{control_id}"
-        ctx = MapContext(profile=self.profiles.for_message(msg), systems=self.systems,
+        ctx = MapContext(profile=profile, systems=self.systems,
                          received_at=datetime.fromisoformat(received_at.replace("Z", "+00:00")))
         # map and resolve before the append, and hand the result to the mapping worker (cache) before
         # the record can reach it: the worker must never resolve the same message a second time
+        warnings: list[MapWarning] = []
         try:
-            result: MapResult | None = self.identity.resolve(map_message(msg, ctx))
+            mapped = map_message(msg, ctx)
+            warnings, mapped.warnings = mapped.warnings, []  # for the ACK and review only (the handoff is JSON)
+            result: MapResult | None = self.identity.resolve(mapped)
             error: GatewayError | None = None
         except GatewayError as exc:
             result, error = None, exc
@@ -175,10 +201,22 @@ class Intake:
                 return Reply(code=error.ack_code, acks=commit + app, control_id=control_id,
                              error=error.describe())
             self._count(origin, "AA", sender, msg.trigger)
-            app = [build_ack("AA", msg=msg)] if wants_ack(app_mode, "AA") else []
+            self._review(raw, msg, warnings, origin)
+            app = [build_ack("AA", msg=msg, warnings=warnings)] if wants_ack(app_mode, "AA") else []
             return Reply(code="AA", acks=commit + app, control_id=control_id)
         self._count(origin, "AA", sender, msg.trigger)
-        return Reply(code="AA", acks=[build_ack("AA", msg=msg)], control_id=control_id)
+        self._review(raw, msg, warnings, origin)
+        return Reply(code="AA", acks=[build_ack("AA", msg=msg, warnings=warnings)], control_id=control_id)
+
+    def _review(self, raw: bytes, msg: Message, warnings: list[MapWarning], origin: Origin) -> None:
+        """An accepted message whose mapping dropped something (MapResult.warnings): one ``warning``
+        entry each in the dead letters (the review list; the raw message and its MSH-10 kept)."""
+        for warning in warnings:
+            try:
+                self._dead(raw, warning, stage="warning", sender=msg.sender, control_id=msg.control_id,
+                           origin=origin)
+            except PublishError:  # the message itself is stored and acknowledged: only the review entry is lost
+                log.warning("review entry not stored sender=%s control_id=%s", msg.sender, msg.control_id)
 
     def _parse(self, raw: bytes, head: Message | None) -> Message:
         assumed = self.profiles.for_message(head).charset if head is not None else None
@@ -269,6 +307,12 @@ def _msh_only(raw: bytes) -> Message | None:
         return parse_text(first.decode("latin-1")) if first else None
     except ParseError:
         return None
+
+
+def _whole_msh(raw: bytes) -> bool:
+    """The bytes hold a whole MSH segment (a segment terminator after it)."""
+    head = raw[:8192].lstrip(b"\xef\xbb\xbf\r\n\t ")
+    return head.startswith(b"MSH") and (b"\r" in head or b"\n" in head)
 
 
 def _sender_of(head: Message | None) -> str:

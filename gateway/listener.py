@@ -33,10 +33,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from connectors.base import Receiver
+    from connectors.mllp import MllpServer
+    from gateway.metrics import Metrics
+    from gateway.security import Security
 
 log = logging.getLogger("pivot.listener")
 METRICS_FILE = "listener-metrics.json"
@@ -166,6 +172,17 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def mllp_server(receiver: Receiver, settings: Settings, metrics: Metrics, security: Security) -> MllpServer:
+    """The MLLP listener (connectors.mllp.MllpServer) of these settings, in either process."""
+    from connectors.mllp import MllpServer
+
+    return MllpServer(receiver, host=settings.host, port=settings.mllp_port,
+                      max_message_bytes=settings.mllp_max_message_bytes, idle_timeout_s=settings.mllp_idle_timeout_s,
+                      frame_timeout_s=settings.mllp_frame_timeout_s, max_connections=settings.mllp_max_connections,
+                      max_connections_per_peer=settings.mllp_max_connections_per_peer, metrics=metrics,
+                      ssl_context=security.mllp_ssl, identify=security.certificate_identity)
+
+
 # -- child side ------------------------------------------------------------------------------------
 def _die_with_parent(parent: int) -> None:
     """SIGKILL this process when the parent dies (Linux); elsewhere the parent-id check stops it."""
@@ -177,7 +194,6 @@ def _die_with_parent(parent: int) -> None:
 
 
 async def _child(settings: Settings, status_fd: int, notify_fd: int, parent: int) -> None:
-    from connectors.mllp import MllpServer
     from gateway.dedupe import DedupeIndex
     from gateway.eventlog.embedded import EmbeddedLog
     from gateway.handoff import SharedMapCache
@@ -195,12 +211,8 @@ async def _child(settings: Settings, status_fd: int, notify_fd: int, parent: int
     security = Security(settings, event_log=None, metrics=metrics)  # the parent publishes the audit trail
     intake = Intake(settings, event_log, dedupe, Profiles.load(settings.sender_profiles, settings.default_timezone),
                     IdentifierSystems.load(settings.identifier_systems), metrics, cache, identity,
-                    authorize=security.authorize_message)
-    server = MllpServer(intake, host=settings.host, port=settings.mllp_port,
-                        max_message_bytes=settings.mllp_max_message_bytes,
-                        idle_timeout_s=settings.mllp_idle_timeout_s,
-                        max_connections=settings.mllp_max_connections, metrics=metrics,
-                        ssl_context=security.mllp_ssl, identify=security.certificate_identity)
+                    authorize=security.authorize_sender)
+    server = mllp_server(intake, settings, metrics, security)
     try:
         await server.start()
     except OSError as exc:

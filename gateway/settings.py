@@ -20,6 +20,17 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP API, FHIR endpoint, console")
     http_request_timeout_s: float = Field(30.0, gt=0, description="close an HTTP connection whose request is not "
                                           "complete after this long")
+    http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (a resource, "
+                                     "an operation's Parameters); larger: 413 before it is read")
+    http_max_bundle_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest transaction/batch Bundle "
+                                       "(POST /fhir)")
+    http_max_form_bytes: int = Field(64 * 1024, ge=1024, description="largest form (POST _search, /auth/token) "
+                                     "and batch of a client without write scopes")
+    http_max_json_depth: int = Field(64, ge=8, le=512, description="deepest JSON nesting accepted in a body")
+    http_max_json_array: int = Field(10_000, ge=100, description="longest JSON array (object) accepted in a body")
+    http_max_json_values: int = Field(500_000, ge=1000, description="most JSON values accepted in one body")
+    http_max_query_params: int = Field(100, ge=10, description="most query parameters (and comma-separated "
+                                       "values) in one request")
     mllp_port: int = Field(2575, ge=0, le=65535, description="HL7v2 over MLLP")
     data_dir: Path = Field(Path("./var"), description="embedded log, FHIR store, dead letters")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = embedded log")
@@ -44,6 +55,10 @@ class Settings(BaseSettings):
     mllp_max_message_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="larger frames get AR")
     mllp_idle_timeout_s: float = Field(300.0, gt=0, description="close a silent MLLP connection")
     mllp_max_connections: int = Field(200, ge=1, description="concurrent MLLP connections")
+    mllp_max_connections_per_peer: int = Field(32, ge=1, description="concurrent MLLP connections from one address")
+    mllp_frame_timeout_s: float = Field(30.0, gt=0, description="an MLLP frame must end this long after its start")
+    mllp_allow_anonymous: bool = Field(False, description="with PIVOT_AUTH on: accept MLLP senders without a "
+                                       "client certificate (trusted network only)")
     sender_profiles: Path | None = Field(None, description="JSON file of per-sender profiles")
     identifier_systems: Path | None = Field(None, description="JSON file: assigning authority -> system")
     default_timezone: str = Field("America/Montreal", description="zone of offset-less timestamps")
@@ -53,7 +68,8 @@ class Settings(BaseSettings):
     auth_tokens_file: Path | None = Field(None, description="JSON secrets file: sha256(token) -> client, scopes")
     auth_clients_file: Path | None = Field(None, description="JSON file of registered clients (keys, scopes, senders)")
     auth_issuers_file: Path | None = Field(None, description="JSON file of trusted external JWT issuers + JWKS URLs")
-    auth_token_url: str = Field("", description="public URL of POST /auth/token (assertion aud); empty = as called")
+    auth_token_url: str = Field("", description="public URL of POST /auth/token: the aud of client assertions "
+                                "(required by PIVOT_AUTH=smart)")
     auth_token_lifetime_s: int = Field(300, ge=30, le=3600, description="lifetime of tokens we issue")
     mllp_tls_cert: Path | None = Field(None, description="PEM certificate (chain) of the MLLP TLS listener")
     mllp_tls_key: Path | None = Field(None, description="PEM private key of the MLLP TLS certificate")
@@ -61,6 +77,8 @@ class Settings(BaseSettings):
     mllp_tls_require_client_cert: bool = Field(False, description="MLLP mTLS: refuse clients without a cert")
     mllp_process: bool = Field(True, description="embedded mode: MLLP listener in its own process (ACK latency)")
     mllp_plain: bool = Field(False, description="allow plain (non-TLS) MLLP on a non-loopback address")
+    outcomes_min_follow_up_days: int = Field(
+        90, ge=1, le=3650, description="Défi Santé outcomes: clients followed less are not compared")
     subscription_allow_private: bool = Field(
         False, description="allow subscriber endpoints on loopback, link-local or private addresses")
 

@@ -8,7 +8,9 @@ Sender profiles (``PIVOT_SENDER_PROFILES``)::
 
 A message matches the first sender whose ``application`` (MSH-3.1) and ``facility`` (MSH-4.1) both
 match (``"*"`` or an absent key matches anything); exact pairs are tried before wildcards. Without a
-match the default profile applies. ``site`` defaults to MSH-4.1.
+match the default profile applies. ``site`` defaults to MSH-4.1. ``relax`` (a list, default: the
+default profile's) names required-structure items this sender may omit, e.g. ``["EVN", "A31:PV1"]``;
+only what codemaps/required-structure.json calls ``relaxable`` (mappings/structure.py).
 
 Identifier systems (``PIVOT_IDENTIFIER_SYSTEMS``): assigning authority (CX-4.1) -> system URI, or
 an object ``{"system": uri, "visit_system": uri}``::
@@ -32,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from gateway.errors import ConfigError
 from gateway.hl7v2.charset import codec_for
 from mappings.codemaps import load_json
+from mappings.structure import check_relax
 
 if TYPE_CHECKING:
     from gateway.hl7v2.tokenizer import Message
@@ -52,6 +55,7 @@ class Profile:
     timezone: str = "America/Montreal"
     site: str = ""
     name: str = "default"
+    relax: frozenset[str] = frozenset()  # required-structure items waived for this sender (mappings/structure.py)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -83,7 +87,11 @@ def _profile(raw: Any, base: Profile, where: str) -> Profile:
     if not isinstance(timezone, str) or not isinstance(site, str):
         raise ConfigError(f"sender profile {where}: timezone and site must be strings")
     _zone(timezone)
-    return Profile(charset=charset or None, timezone=timezone, site=site, name=where)
+    relax = raw.get("relax")
+    if relax is not None and not (isinstance(relax, list) and all(isinstance(r, str) for r in relax)):
+        raise ConfigError(f"sender profile {where}: relax must be a list of strings")
+    relaxed = check_relax(relax, where) if relax is not None else base.relax
+    return Profile(charset=charset or None, timezone=timezone, site=site, name=where, relax=relaxed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from gateway.errors import MapWarning
 from mappings.config import IdentifierSystems, Profile
 
 JSON = dict[str, Any]
@@ -29,7 +30,9 @@ class MapResult:
     """Validated FHIR R4 resources (plain JSON), the Patient id (Kafka key), unmapped segment ids,
     the message's type and trigger (MSH-9.1, MSH-9.2) and sender (MSH-3|MSH-4) for the
     rules, and ``event_time``: the FHIR instant of EVN-2, else MSH-7 (the order in which the identity
-    resolver applies messages to one resource; '' only when neither can be read)."""
+    resolver applies messages to one resource; '' only when neither can be read). ``nulls``: per
+    resource (``"Type/id"``), the element paths the message sent as ``""`` (delete), never inside a
+    published resource: the resolver's merge applies them (mappings/merge.py)."""
 
     resources: list[JSON] = field(default_factory=list)
     patient_id: str | None = None
@@ -39,3 +42,5 @@ class MapResult:
     sender: str = ""
     control_id: str = ""
     event_time: str = ""
+    nulls: dict[str, list[str]] = field(default_factory=dict)
+    warnings: list[MapWarning] = field(default_factory=list)  # ACK AA + ERR severity W, review entry

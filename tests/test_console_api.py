@@ -227,9 +227,11 @@ def test_outcomes_are_the_operation_s_with_names_and_month_series(world: World) 
         assert body["cohort"][name] == cohort[name], name
     assert {c["id"] for c in body["clients"]} == set(world.enrolled)
     assert all(c["name"] for c in body["clients"])
-    assert [p["offset"] for p in body["relative"]] == list(range(-12, 13))
+    # month 0 is split at the enrollment: two entries, before and after
+    assert [p["offset"] for p in body["relative"]] == [*range(-12, 1), *range(0, 13)]
+    assert [p.get("part") for p in body["relative"] if p["offset"] == 0] == ["before", "after"]
     assert all(p["clients"] <= len(world.enrolled) for p in body["relative"])
-    assert body["relative"][0]["clients"] == len(world.enrolled)
+    assert body["relative"][0]["clients"] == body["cohort"]["clientsCompared"]
 
 
 def test_feed_health_counts_what_each_sender_sent(world: World) -> None:
@@ -319,8 +321,9 @@ def test_pages_and_assets_are_local_and_bilingual(world: World) -> None:
             assert served.status_code == 200, path.name
 
     def keys(node: Any, prefix: str = "") -> set[str]:
-        if not isinstance(node, dict):
-            return {prefix}
+        if not isinstance(node, dict) or ("other" in node and set(node) <= {"zero", "one", "two", "few", "many",
+                                                                            "other"}):
+            return {prefix}  # a string, or its plural forms (chosen by Intl.PluralRules)
         return {k for name, child in node.items() for k in keys(child, f"{prefix}.{name}" if prefix else name)}
 
     fr = json.loads((static / "fr.json").read_text(encoding="utf-8"))

@@ -220,9 +220,13 @@ def test_client_page_and_the_before_after_charts(page: Any, server: ServerThread
     page.get_by_role("link", name="Résultats").click()
     cohort = world.http.get("/console/api/outcomes").json()["cohort"]
     headline = page.locator("#cohort-headline .big")
-    expect(headline.first).to_have_text(str(cohort["erVisitsBefore"]))
-    expect(headline.last).to_have_text(str(round(cohort["erVisitsSinceAnnualised"])))
-    expect(page.locator("svg.dumbbells circle.dot-before")).to_have_count(cohort["clients"])
+
+    def fr(value: float) -> str:  # Intl.NumberFormat('fr-CA', {maximumFractionDigits: 1})
+        return f"{round(value, 1):g}".replace(".", ",")
+
+    expect(headline.first).to_have_text(fr(cohort["erVisitsPerClientYearBefore"]))
+    expect(headline.last).to_have_text(fr(cohort["erVisitsPerClientYearSince"]))
+    expect(page.locator("svg.dumbbells circle.dot-before")).to_have_count(cohort["clientsCompared"])
     shot(page, "outcomes")
 
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.console.config import load_config, parse_config
 from gateway.console.feeds import _ack_codes, _msh
 from gateway.console.logtail import LastSeen, last_seen, recent
-from gateway.console.series import month_index, month_text, relative
+from gateway.console.series import month_index, month_text, monthly, relative
 from gateway.defisante.register import Visit
 from gateway.errors import ConfigError
 from gateway.eventlog.base import OutRecord, Record
@@ -130,9 +130,18 @@ def test_month_series_relative_to_enrollment() -> None:
     assert month_index("2025-13") is None
     assert month_index("garbage") is None
     start = month_index("2025-06") or 0
-    visits = [_visit("2025-05-02"), _visit("2025-05-20"), _visit("2025-06-10"), _visit("2025-09-01")]
-    series = relative([(start, start + 3, visits), (start + 1, start + 1, [])], before=2, after=4)
-    assert [(p["offset"], p["visits"], p["clients"]) for p in series] == [
-        (-2, 0, 2), (-1, 2, 2), (0, 1, 2), (1, 0, 1), (2, 0, 1), (3, 1, 1), (4, 0, 0)]
+    visits = [_visit("2025-05-02"), _visit("2025-05-20"), _visit("2025-06-01"), _visit("2025-06-10"),
+              _visit("2025-09-01")]
+    # month 0 is split at the enrollment day: 06-01 is before the 5th, 06-10 after
+    series = relative([("2025-06-05T10:00:00Z", start + 3, visits), ("2025-07-15T00:00:00Z", start + 1, [])],
+                      before=2, after=4)
+    assert [(p["offset"], p.get("part", ""), p["visits"], p["clients"]) for p in series] == [
+        (-2, "", 0, 2), (-1, "", 2, 2), (0, "before", 1, 2), (0, "after", 1, 2), (1, "", 0, 1), (2, "", 0, 1),
+        (3, "", 1, 1), (4, "", 0, 0)]
+    assert [p["after"] for p in series] == [False, False, False, True, True, True, True, True]
     assert series[1]["rate"] == 1.0
     assert series[-1]["rate"] is None
+    months = monthly(visits, start - 1, start + 1, "2025-06-05T10:00:00Z")
+    assert [(m["month"], m.get("part", ""), m["visits"], m["after"]) for m in months] == [
+        ("2025-05", "", 2, False), ("2025-06", "before", 1, False), ("2025-06", "after", 1, True),
+        ("2025-07", "", 0, True)]

@@ -284,7 +284,7 @@ def test_outcomes_before_and_since_enrollment_match_the_feed(world: World) -> No
     arrivals = world.oracle.visits[nam]
     assert got["erVisitsBefore"] == sum(1 for a in arrivals if a < cut)
     assert got["erVisitsSince"] == sum(1 for a in arrivals if a >= cut)
-    annual = got["erVisitsSince"] * 365.25 / got["followUpDays"]
+    annual = got["erVisitsSince"] * 365 / got["followUpDays"]
     assert got["erVisitsSinceAnnualised"] == pytest.approx(annual, abs=0.01)
     days_since = sum(max(0.0, (e - max(s, cut)).total_seconds() / 86400) for s, e in world.oracle.stays[nam])
     assert got["hospitalDaysSince"] == pytest.approx(days_since, abs=0.05)
@@ -293,8 +293,10 @@ def test_outcomes_before_and_since_enrollment_match_the_feed(world: World) -> No
     (summary,) = [p for p in cohort["parameter"] if p["name"] == "cohort"]
     sums = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in summary["part"]}
     assert sums["clients"] == len(clients) >= 1
+    compared = [c for c in clients if {"name": "followUpSufficient", "valueBoolean": True} in c["part"]]
+    assert sums["clientsCompared"] == len(compared)
     assert sums["erVisitsBefore"] == sum(
-        next(q["valueInteger"] for q in c["part"] if q["name"] == "erVisitsBefore") for c in clients)
+        next(q["valueInteger"] for q in c["part"] if q["name"] == "erVisitsBefore") for c in compared)
     text = world.http.get("/fhir/Group/defi-sante/$defi-sante-outcomes", params={"_format": "csv"}).text
     assert text.splitlines()[-1].startswith("cohort,")
 

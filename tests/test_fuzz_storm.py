@@ -13,7 +13,7 @@ depend on scheduling): byte flips, insertions, deletions, truncations, duplicati
 changes of valid ER messages (and of the conformance corpus when ``../shared/corpus`` is there),
 random bytes, a header followed by garbage, valid messages; framing abuse on MLLP (noise and stray
 end blocks between frames, floods of start bytes, frames split across writes, several frames per
-write, a half frame abandoned for a new one, lone control bytes inside a frame, empty and oversize
+write, a half frame cut short by a new one, lone control bytes inside a frame, empty and oversize
 frames) and on HTTP (chunked bodies, requests split across writes, empty, oversize, wrong type).
 
 Each connection sends one unit (one write or a few) and then reads exactly the ACKs the unit must
@@ -190,6 +190,7 @@ class Unit:
     writes: list[bytes]
     payloads: list[bytes]
     pause: bool = False
+    partial: bytes = b""  # a frame cut short by a new start block, before the payloads (see _partial_answered)
 
 
 def mllp_unit(rng: random.Random, room: int) -> Unit:
@@ -212,12 +213,13 @@ def mllp_unit(rng: random.Random, room: int) -> Unit:
         if rng.random() < 0.5:
             return Unit("batch", [stream], payloads)
         return Unit("batch-split", _cuts(rng, stream, 8), payloads, pause=True)
-    if r < 0.97:  # a sender that reconnected mid-message: the half frame is abandoned
+    if r < 0.97:  # a sender that reconnected mid-message: the half frame is cut short by the new one
         half = _payload(rng, mllp=True)
         p = _payload(rng, mllp=True)
         while not p.startswith(b"MSH"):
             p = _payload(rng, mllp=True)
-        return Unit("abandoned", [b"\x0b" + half[: rng.randrange(len(half) + 1)] + frame(p)], [p])
+        cut = half[: rng.randrange(len(half) + 1)]
+        return Unit("abandoned", [b"\x0b" + cut + frame(p)], [p], partial=cut)
     if r < 0.98:  # control bytes that are content: an end block without CR, a start block not before MSH
         p = _payload(rng, mllp=True)
         # anywhere but first, MSH included: the ACK must not echo them (test_ack_has_no_mllp_framing_bytes)
@@ -281,6 +283,15 @@ def digest(value: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(value, digest_size=16).digest(), "big")
 
 
+def _partial_answered(partial: bytes) -> bool:
+    """Whether the listener answers a frame cut short by a new start block: when its whole MSH came
+    (a segment terminator after it) and MSH-10 can be read from it."""
+    from gateway.hl7v2.ack import recover_control_id
+
+    head = partial[:8192].lstrip(b"\xef\xbb\xbf\r\n\t ")
+    return head.startswith(b"MSH") and (b"\r" in head or b"\n" in head) and bool(recover_control_id(partial))
+
+
 def check_ack(ack: bytes) -> tuple[str, str]:
     """(MSA-1, MSA-2) of a well-formed ACK; AssertionError with the reason otherwise."""
     assert ack.startswith(b"MSH"), f"ACK does not start with MSH: {ack[:40]!r}"
@@ -316,13 +327,18 @@ class Tally:
     sentinels: int = 0
     slow: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    partials_answered: int = 0  # cut frames answered AR (and dead-lettered)
+    partials_silent: int = 0  # cut frames dead-lettered without an answer
 
     def answered(self, transport: str, code: str, peer: str, payload: bytes) -> None:
         self.codes[f"{transport}:{code}"] += 1
         if code != "AA":
-            entry = self.refused.setdefault(peer, [0, 0])
-            entry[0] += 1
-            entry[1] = (entry[1] + digest(dead_value(payload))) % (1 << 128)
+            self.dead(peer, payload)
+
+    def dead(self, peer: str, payload: bytes) -> None:
+        entry = self.refused.setdefault(peer, [0, 0])
+        entry[0] += 1
+        entry[1] = (entry[1] + digest(dead_value(payload))) % (1 << 128)
 
     @property
     def done(self) -> int:
@@ -386,6 +402,16 @@ async def mllp_client(n: int, port: int, quota: int, tally: Tally) -> None:
             units += 1
             tally.units[f"mllp:{unit.kind}"] += 1
             await _send(writer, unit)
+            if unit.partial.strip():  # a cut frame: dead-lettered; answered AR when its whole MSH came
+                if _partial_answered(unit.partial):
+                    code, _ = check_ack(await _timed(tally, _mllp_ack(reader)))
+                    if code != "AR":
+                        tally.problems.append(f"mllp cut frame answered {code}")
+                    tally.answered("mllp", code, peer, unit.partial)
+                    tally.partials_answered += 1
+                else:
+                    tally.dead(peer, unit.partial)
+                    tally.partials_silent += 1
             for payload in unit.payloads:
                 try:
                     ack = await _timed(tally, _mllp_ack(reader))
@@ -729,7 +755,8 @@ def test_storm_of_100k_inputs_over_mllp_and_http(stack: Stack) -> None:
         "rss_mb": {"baseline": round(baseline, 1), "baseline_at": baseline_at, "after": round(after_storm, 1),
                    "peak": round(peak, 1)},
         "timeline": timeline[:: max(1, len(timeline) // 12)], "logs": dict(counter.levels),
-        "units": dict(tally.units),
+        "units": dict(tally.units), "cut_frames": {"answered": tally.partials_answered,
+                                                   "dead_letter_only": tally.partials_silent},
     }
     print("\nstorm:", summary)
 
@@ -746,9 +773,9 @@ def test_storm_of_100k_inputs_over_mllp_and_http(stack: Stack) -> None:
     parked = per_peer.pop(non_reader["peer"], [0, 0])[0]  # the never-reading client's frames that got in
     assert per_peer == tally.refused
     refusals = sum(n for key, n in tally.codes.items() if not key.endswith(":AA"))
-    assert sum(n for n, _ in per_peer.values()) == refusals
-    assert gw.metrics.total("pivot_deadletters_total") == refusals + parked
-    answered = tally.done - tally.status.get(415, 0) + tally.sentinels + parked + 2
+    assert sum(n for n, _ in per_peer.values()) == refusals + tally.partials_silent
+    assert gw.metrics.total("pivot_deadletters_total") == refusals + tally.partials_silent + parked
+    answered = tally.done - tally.status.get(415, 0) + tally.sentinels + parked + 2 + tally.partials_answered
     assert gw.metrics.total("pivot_messages_total") == answered
     assert transports["http"] == sum(n for key, n in tally.codes.items() if key in ("http:AE", "http:AR"))
 

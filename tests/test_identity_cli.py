@@ -46,7 +46,9 @@ def test_duplicates_lists_ids_and_sites_only(gateway: Gateway, capsys: pytest.Ca
     args = _parser().parse_args(["identity", "duplicates"])
     assert cli.run(args, gateway) == 0
     out = capsys.readouterr().out
-    [dup] = gateway.identity.duplicates()
+    listed = gateway.identity.duplicates()
+    assert len(listed) == 2  # one Flag per record
+    dup = listed[0]
     assert dup.flag_id in out
     assert dup.patient_a in out
     assert "urn:pivot:id:HLA" in out

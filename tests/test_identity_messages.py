@@ -38,7 +38,7 @@ def adt(trigger: str, *, site: str, mrn: str, control_id: str, when: str, nam: s
         reps = [f"{mrg}^^^{site}^MR"] if mrg else []
         reps += [f"{mrg_nam}^^^RAMQ^JHN"] if mrg_nam else []
         segments.append("MRG|" + "~".join(reps))
-    if visit or trigger not in ("A28", "A31", "A40", "A34"):
+    if visit or trigger not in ("A40", "A34"):  # A28/A31 too: ADT_A05 requires PV1 (required-structure.json)
         pv1 = [""] * 46
         pv1[0], pv1[1], pv1[2] = "PV1", "1", klass
         pv1[3] = f"{location}^{site}" if location else ""

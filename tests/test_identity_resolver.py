@@ -191,7 +191,8 @@ def test_a40_retires_the_record_and_moves_its_encounters(resolver: IdentityResol
     assert old["active"] is False
     assert old["link"][0]["type"] == "replaced-by"
     assert {e["subject"]["reference"] for e in of(merged, "Encounter")} == {f"Patient/{survivor}"}
-    assert [f["status"] for f in of(merged, "Flag")] == ["inactive"]  # the possible duplicate, resolved
+    # each record's possible-duplicate Flag (one per record), resolved
+    assert [f["status"] for f in of(merged, "Flag")] == ["inactive", "inactive"]
     prov = of(merged, "Provenance")[0]
     assert {"reference": f"Patient/{retired}"} in prov["target"]
     # a later message for the retired MRN neither revives it nor splits the person
@@ -347,17 +348,17 @@ def test_possible_duplicates_are_listed_never_merged(resolver: IdentityResolver)
     assert flag["identifier"][0]["system"] == "urn:pivot:identity:possible-duplicate"
     assert {flag["subject"]["reference"], flag["extension"][0]["valueReference"]["reference"]} == {
         f"Patient/{a.patient_id}", f"Patient/{b.patient_id}"}
-    [dup] = resolver.duplicates()
-    assert {dup.patient_a, dup.patient_b} == {a.patient_id, b.patient_id}
-    assert dup.sites_a
-    assert dup.sites_b
-    assert dup.active
+    # one Flag per record, each naming the other look-alike
+    listed = resolver.duplicates()
+    assert {(d.patient_a, d.patient_b) for d in listed} == {(a.patient_id, b.patient_id),
+                                                            (b.patient_id, a.patient_id)}
+    assert all(d.sites_a and d.sites_b and d.active for d in listed)
     # two people with different NAMs are never listed
     run(resolver, adt("A04", site="HSA", mrn="HSA5", nam=NAM, family="Roy", control_id="3", when="202601011000"))
     c = run(resolver, adt("A04", site="HLA", mrn="HLA5", nam="ROYJ40010199", family="Roy", control_id="4",
                           when="202601011100"))
     assert of(c, "Flag") == []
-    assert len(resolver.duplicates()) == 1
+    assert len(resolver.duplicates()) == 2
 
 
 def test_demographic_digest_ignores_accents_and_case() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.mllp import FrameParser, MllpServer, frame
+from connectors.mllp import FrameParser, FrameStatus, MllpServer, frame
 from gateway.hl7v2 import parse
 from gateway.samples import er_message
 from tests.e2e_helpers import FrameReader
@@ -47,9 +47,25 @@ def test_noise_between_frames_and_a_flood_of_start_bytes() -> None:
     assert parser.noise == len(b"\r\n junk") + 4 + 4999
 
 
-def test_a_half_frame_abandoned_for_a_new_start_block() -> None:
+def test_a_half_frame_cut_by_a_new_start_block_is_passed_on_as_incomplete() -> None:
     stream = b"\x0bMSH|^~\\&|half" + frame(MSGS[2])
-    assert _frames(FrameParser(1 << 20), [stream]) == [(MSGS[2], False)]
+    assert _frames(FrameParser(1 << 20), [stream]) == [(b"MSH|^~\\&|half", FrameStatus.INCOMPLETE),
+                                                       (MSGS[2], FrameStatus.COMPLETE)]
+    blank = b"\x0b\r\n" + frame(MSGS[1])  # nothing but blanks before the new start block: noise
+    assert _frames(FrameParser(1 << 20), [blank]) == [(MSGS[1], FrameStatus.COMPLETE)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=1, max_value=700))
+def test_a_cut_frame_is_found_in_any_split_and_inside_an_oversize_frame(chunk: int) -> None:
+    half = MSGS[0][:300]
+    stream = b"\x0b" + half + frame(MSGS[1]) + b"\x0b" + MSGS[2] + b"X" * 5000 + frame(MSGS[3])
+    got = _frames(FrameParser(4000), [stream[i : i + chunk] for i in range(0, len(stream), chunk)])
+    assert [status for _, status in got] == [FrameStatus.INCOMPLETE, FrameStatus.COMPLETE,
+                                             FrameStatus.INCOMPLETE, FrameStatus.COMPLETE]
+    assert (got[0][0], got[1][0], got[3][0]) == (half, MSGS[1], MSGS[3])
+    assert len(got[2][0]) > 4000  # the head of the oversize frame the restart cut short
+    assert (MSGS[2] + b"X" * 5000).startswith(got[2][0])
 
 
 @settings(max_examples=50, deadline=None)
@@ -60,7 +76,7 @@ def test_oversize_frame_keeps_its_head_and_the_next_frame_is_intact(chunk: int) 
     chunks = [stream[i : i + chunk * 37] for i in range(0, len(stream), chunk * 37)]
     got = _frames(FrameParser(100_000), chunks)
     assert len(got) == 2
-    assert got[0][1] is True
+    assert got[0][1] is FrameStatus.OVERSIZE
     assert big.startswith(got[0][0])
     assert len(got[0][0]) < len(big)
     assert got[1] == (MSGS[1], False)
@@ -136,9 +152,15 @@ def test_connection_limit_and_a_silent_client_does_not_block_others(
         with socket.create_connection(("127.0.0.1", srv.port)) as sock:
             sock.sendall(frame(MSGS[3]))
             assert _msa(FrameReader(sock).frame(timeout_s=3)) == ("AA", parse(MSGS[3]).control_id)
-            with socket.create_connection(("127.0.0.1", srv.port)) as extra:  # the 4th: over the limit
-                extra.settimeout(3)
-                assert extra.recv(10) == b""
+            # the 4th, over the limit: the oldest connection that never had a message accepted
+            # (the silent one) gives its slot up; the proven one keeps it
+            with socket.create_connection(("127.0.0.1", srv.port)) as extra:
+                extra.sendall(frame(MSGS[4]))
+                assert _msa(FrameReader(extra).frame(timeout_s=3)) == ("AA", parse(MSGS[4]).control_id)
+                silent.settimeout(3)
+                assert silent.recv(10) == b""
+                sock.sendall(frame(MSGS[1]))
+                assert _msa(FrameReader(sock).frame(timeout_s=3))[0] == "AA"
     finally:
         silent.close()
         half.close()

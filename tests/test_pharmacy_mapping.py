@@ -20,6 +20,7 @@ from tests.test_pharmacy_support import NAM, PROFILES, SYSTEMS, dispense, map_ra
 
 JSON = dict[str, Any]
 RXD = seg("RXD", f1="1", f2="99100052^Atorvastatine 20 mg^DIN", f3="20260301", f4="30", f5="CO^comprimé", f7="RX9")
+ORC = seg("ORC", f1="RE")  # the ORDER group starts with ORC (required: required-structure.json)
 
 
 def one(result_resources: list[JSON], rtype: str) -> JSON:
@@ -67,12 +68,12 @@ def test_an_unknown_nam_is_accepted_and_keyed_by_the_nam() -> None:
 
 @pytest.mark.parametrize("pid", ["", "XXXX99999999^^^RAMQ^JHN", "GAGH52569903^^^RAMQ^JHN"])
 def test_a_message_without_a_usable_identifier_is_ae_101_at_pid_3(pid: str) -> None:
-    err = error_of(message("RDS^O13", "C1", "PH", [RXD], pid=pid))
+    err = error_of(message("RDS^O13", "C1", "PH", [ORC, RXD], pid=pid))
     assert (err.ack_code, err.hl7_code, str(err.location)) == ("AE", "101", "PID-3")
 
 
 def test_a_pharmacy_number_alone_is_usable() -> None:
-    result = map_raw(message("RDS^O13", "C1", "PH", [RXD], pid="445566^^^PH^PI"))
+    result = map_raw(message("RDS^O13", "C1", "PH", [ORC, RXD], pid="445566^^^PH^PI"))
     assert result.patient_id == stable_id("Patient", "urn:pivot:id:PH|445566")
 
 
@@ -106,7 +107,7 @@ def test_a_profile_may_be_empty_and_pid_is_required() -> None:
 ])
 def test_bad_dispenses_are_ae_at_their_field(rxd: dict[str, str], code: str, where: str) -> None:
     fields = {"f1": "1", "f2": "99100052^Atorvastatine^DIN", "f3": "20260301", "f4": "30", "f7": "RX1", **rxd}
-    err = error_of(message("RDS^O13", "C1", "PH", [seg("RXD", **fields)]))
+    err = error_of(message("RDS^O13", "C1", "PH", [ORC, seg("RXD", **fields)]))
     assert (err.ack_code, err.hl7_code, str(err.location)) == ("AE", code, where)
 
 
@@ -114,7 +115,7 @@ def test_errors_never_carry_field_values() -> None:
     canary = "Zébulon-Canari"
     for fields in ({"f2": f"{canary}^{canary}^DIN"}, {"f4": canary}, {"f3": canary}):
         base = {"f1": "1", "f2": "99100052^x^DIN", "f3": "20260301", "f4": "30", **fields}
-        err = error_of(message("RDS^O13", "C1", "PH", [seg("RXD", **base)], name=f"{canary}^{canary}"))
+        err = error_of(message("RDS^O13", "C1", "PH", [ORC, seg("RXD", **base)], name=f"{canary}^{canary}"))
         assert canary not in err.describe()
 
 
@@ -139,7 +140,7 @@ def test_drug_codes_din_atc_from_message_or_table() -> None:
     assert [c["code"] for c in sent["coding"]] == ["99100052", "C10AA07"]  # the message's ATC wins
     unknown = concept(dispense("C1", "2242903", "Inconnu", "20260301"))
     assert unknown["coding"] == [{"system": DIN_SYSTEM, "code": "02242903", "display": "Inconnu"}]  # zero-padded
-    hc = concept(message("RDS^O13", "C1", "PH", [seg("RXD", f2="99100001^Oxy^HC-DIN", f3="20260301", f4="1")]))
+    hc = concept(message("RDS^O13", "C1", "PH", [ORC, seg("RXD", f2="99100001^Oxy^HC-DIN", f3="20260301", f4="1")]))
     assert hc["coding"][0]["system"] == DIN_SYSTEM
     assert hc["coding"][1]["code"] == "N02AA05"
 
@@ -152,11 +153,11 @@ def test_days_supply_from_tq1_daily_dose_or_the_sig() -> None:
     drug = "99100052^Atorvastatine^DIN"
     assert days([seg("ORC", f1="RE"), seg("TQ1", f3="QD", f6="4^wk"),
                  seg("RXD", f2=drug, f3="20260301", f4="30", f5="CO")]) == 28
-    assert days([seg("RXD", f2=drug, f3="20260301", f4="90", f5="CO^comprimé", f12="3^CO")]) == 30
+    assert days([ORC, seg("RXD", f2=drug, f3="20260301", f4="90", f5="CO^comprimé", f12="3^CO")]) == 30
     assert days([seg("ORC", f1="NW"), seg("TQ1", f3="BID"),
                  seg("RXE", f2=drug, f3="1", f5="CO^comprimé"),
                  seg("RXD", f2=drug, f3="20260301", f4="60", f5="CO^comprimé")]) == 30
-    assert days([seg("RXD", f2=drug, f3="20260301", f4="90", f5="ML", f12="3^CO")]) is None  # units differ
+    assert days([ORC, seg("RXD", f2=drug, f3="20260301", f4="90", f5="ML", f12="3^CO")]) is None  # units differ
 
 
 def test_routes_timing_and_priority() -> None:
@@ -177,7 +178,8 @@ def test_routes_timing_and_priority() -> None:
                                           "boundsPeriod": {"start": "2026-03-01"}}
     assert req["priority"] == "stat"
     assert "RXR" in result.unmapped_segments  # the second RXR of the encoded order
-    other = map_raw(message("RDE^O11", "C1", "PH", [seg("RXE", f2="99100041^x^DIN", f15="RX1"), "RXR|XYZ^Inventée"]))
+    other = map_raw(message("RDE^O11", "C1", "PH",
+                            [ORC, seg("RXE", f2="99100041^x^DIN", f15="RX1"), "RXR|XYZ^Inventée"]))
     assert one(other.resources, "MedicationRequest")["dosageInstruction"][0]["route"] == {"text": "Inventée"}
 
 

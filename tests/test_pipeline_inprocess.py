@@ -76,7 +76,7 @@ def test_deadletter_list_and_replay(gateway: Gateway) -> None:
     items = list_deadletters(gateway)
     assert len(items) == 1
     assert items[0].raw == broken
-    assert items[0].stage == "map"
+    assert items[0].stage == "structure"  # the required structure refuses it before mapping
     assert items[0].hl7_code == "100"
     reply = replay(gateway, items[0].id)
     assert reply.code == "AE"  # still broken: refused again, with its reason

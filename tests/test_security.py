@@ -8,6 +8,7 @@ Défi Santé operation scope, /metrics, start-up refusal, and the per-sender all
 from __future__ import annotations
 
 import json
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,7 +84,8 @@ def secured(tmp_path: Path, client_key: Any) -> Iterator[tuple[TestClient, Secur
         {"client_id": "case-mgr", "scopes": ["system/Patient.rs", "system/defi-sante.write"],
          "jwks": {"keys": [public_jwk(client_key, "k1", "RS384")]}},
     ]})
-    settings = _settings(tmp_path, auth="tokens,smart", auth_tokens_file=tokens, auth_clients_file=clients)
+    settings = _settings(tmp_path, auth="tokens,smart", auth_tokens_file=tokens, auth_clients_file=clients,
+                         auth_token_url="http://testserver/auth/token")
     settings.data_dir.mkdir(parents=True)
     store = FhirStore(settings.data_dir / "fhir.sqlite")
     store.upsert_many([PATIENT, CAREPLAN])
@@ -219,6 +221,9 @@ def test_token_endpoint_refusals(secured: tuple[TestClient, Security], client_ke
     form = {"grant_type": "client_credentials", "scope": "system/*.rs", "client_assertion": hs,
             "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}
     assert tc.post("/auth/token", data=form).status_code == 401
+    big = tc.post("/auth/token", content=b"scope=" + b"x" * (65 * 1024),
+                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert (big.status_code, big.json()["error"]) == (413, "invalid_request")  # PIVOT_HTTP_MAX_FORM_BYTES
 
 
 def test_defi_sante_operations_need_the_case_manager_scope(secured: tuple[TestClient, Security],
@@ -278,6 +283,34 @@ def test_startup_refuses_an_exposed_gateway_without_auth(tmp_path: Path) -> None
         check_startup(_settings(tmp_path, auth="tokens"))
     with pytest.raises(ConfigError, match="PIVOT_AUTH"):
         check_startup(_settings(tmp_path, auth="kerberos"))
+
+
+def test_smart_needs_a_configured_token_url(tmp_path: Path) -> None:
+    clients = write_json(tmp_path / "clients.json", {"clients": []})
+    for url in ("", "/auth/token", "pivot.example/auth/token"):
+        settings = _settings(tmp_path, auth="smart", auth_clients_file=clients, auth_token_url=url)
+        with pytest.raises(ConfigError, match="PIVOT_AUTH_TOKEN_URL"):
+            check_startup(settings)
+        with pytest.raises(ConfigError, match="PIVOT_AUTH_TOKEN_URL"):
+            Security(settings)
+    assert not (tmp_path / "var" / "auth-signing-key.pem").exists()  # refused before the key is made
+    check_startup(_settings(tmp_path, auth="smart", auth_clients_file=clients,
+                            auth_token_url="https://pivot.example/auth/token"))
+
+
+def test_a_new_data_dir_is_private(tmp_path: Path) -> None:
+    from gateway.app import Gateway
+    from gateway.settings import load_settings
+
+    data_dir = tmp_path / "new" / "var"
+    gw = Gateway(load_settings(data_dir=data_dir, workers=False))
+    try:
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        files = [f for f in data_dir.iterdir() if f.is_file()]
+        assert "instance-id" in {f.name for f in files}
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        gw.close()
 
 
 # -- allow-list --------------------------------------------------------------------------------------

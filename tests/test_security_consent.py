@@ -82,7 +82,7 @@ def env(tmp_path: Path, client_key: Any) -> Iterator[tuple[TestClient, FhirStore
         {"client_id": "smart-clinic-a", "scopes": READ, "organization": "clinic-a",
          "jwks": {"keys": [public_jwk(client_key, "k1", "RS384")]}}]})
     settings = Settings(data_dir=tmp_path / "var", auth="tokens,smart", auth_tokens_file=tokens,
-                        auth_clients_file=clients)
+                        auth_clients_file=clients, auth_token_url="http://testserver/auth/token")
     settings.data_dir.mkdir(parents=True)
     store = FhirStore(settings.data_dir / "fhir.sqlite")
     store.upsert_many([_patient("p1"), _patient("p2"), _care_team("p1", "clinic-a", "clinic-b"),

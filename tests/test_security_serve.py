@@ -8,6 +8,7 @@ token endpoint; the HL7v2 sender allow-list over POST /hl7v2; AuditEvents querie
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,16 @@ def test_refuses_to_start_on_a_public_address_without_auth(serve_factory: Any) -
     assert "PIVOT_HOST" in str(info.value)
 
 
+def test_refuses_to_start_smart_without_the_token_url(serve_factory: Any, tmp_path: Path) -> None:
+    clients = write_json(tmp_path / "clients.json", {"clients": []})
+    gw = serve_factory(env={"PIVOT_AUTH": "smart", "PIVOT_AUTH_CLIENTS_FILE": str(clients)})
+    with pytest.raises(RuntimeError, match="PIVOT_AUTH_TOKEN_URL"):
+        gw.start(timeout_s=20)
+    gw.env["PIVOT_AUTH_TOKEN_URL"] = "/auth/token"  # relative: the Host would complete it
+    with pytest.raises(RuntimeError, match="PIVOT_AUTH_TOKEN_URL"):
+        gw.start(timeout_s=20)
+
+
 def test_auth_allow_list_and_audit_through_pivot_serve(serve_factory: Any, tmp_path: Path) -> None:
     key = rsa_key()
     tokens = tokens_file(tmp_path / "tokens.json", {
@@ -46,7 +57,11 @@ def test_auth_allow_list_and_audit_through_pivot_serve(serve_factory: Any, tmp_p
         {"client_id": "ehr-gmf", "scopes": ["system/*.rs", "system/metrics.r"],
          "jwks": {"keys": [public_jwk(key, "k1", "RS384")]}}]})
     gw = serve_factory(env={"PIVOT_AUTH": "tokens,smart", "PIVOT_AUTH_TOKENS_FILE": str(tokens),
-                            "PIVOT_AUTH_CLIENTS_FILE": str(clients)}).start()
+                            "PIVOT_AUTH_CLIENTS_FILE": str(clients)})
+    gw.env["PIVOT_AUTH_TOKEN_URL"] = f"{gw.base}/auth/token"
+    gw.data_dir.mkdir(parents=True)
+    os.chmod(gw.data_dir, 0o755)  # as an older gateway (or a umask of 022) left it
+    gw.start()
     base = gw.base
 
     # HL7v2 in: the scope, then the sender's allow-list
@@ -84,6 +99,13 @@ def test_auth_allow_list_and_audit_through_pivot_serve(serve_factory: Any, tmp_p
     smart = {"Authorization": f"Bearer {token}"}
     assert httpx.get(f"{base}/fhir/Encounter", headers=smart).status_code == 200
     assert httpx.get(f"{base}/metrics", headers=smart).status_code == 200
+    # the aud is PIVOT_AUTH_TOKEN_URL, never the Host a client sends (nor does discovery echo it)
+    spoofed = {"Host": "pivot.evil.example"}
+    conf = httpx.get(f"{base}/.well-known/smart-configuration", headers=spoofed).json()
+    assert conf["token_endpoint"] == f"{base}/auth/token"
+    assert "evil" not in conf["jwks_uri"]
+    forged = {**form, "client_assertion": assertion(key, "ehr-gmf", "http://pivot.evil.example/auth/token")}
+    assert httpx.post(f"{base}/auth/token", data=forged, headers=spoofed).json()["error"] == "invalid_client"
 
     # pivot audit: the read and the searches of that patient, by whom
     env = {**os.environ, "PIVOT_DATA_DIR": str(gw.data_dir)}
@@ -97,5 +119,9 @@ def test_auth_allow_list_and_audit_through_pivot_serve(serve_factory: Any, tmp_p
     gw.stop()
     logs = gw.logs()
     assert "authentication is off" not in logs
+    # the data dir: tightened to 0700 (with a warning), instance-id 0600 like every other file
+    assert stat.S_IMODE(gw.data_dir.stat().st_mode) == 0o700
+    assert "now 0700" in logs
+    assert stat.S_IMODE((gw.data_dir / "instance-id").stat().st_mode) == 0o600
     for secret in (SITE, PHARMACY, READER, token):
         assert secret not in logs

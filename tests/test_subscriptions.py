@@ -462,9 +462,12 @@ def test_subscriber_outside_the_care_team_receives_nothing(env: Env) -> None:
     try:
         in_team = env.subscribe(subscription(member.url, owner="clsc-nord"))
         out_team = env.subscribe(subscription(outsider.url, owner="gmf-sud"))
-        no_owner = env.subscribe(subscription(f"{outsider.url}/anon"))
+        # without an owner and not program-wide it would never be told anything: refused (issue #16)
+        refused = env.client.post("/fhir/Subscription", json=subscription(f"{outsider.url}/anon"))
+        assert refused.status_code == 422
+        assert "never be notified" in refused.json()["issue"][0]["diagnostics"]
         program = env.subscribe(subscription(env.receiver.url, program_wide=True))
-        for sid in (in_team, out_team, no_owner, program):
+        for sid in (in_team, out_team, program):
             env.wait_status(sid, "active")
         env.write(care_team("pat-1", "clsc-nord"), care_team("pat-2", "clsc-nord", on_behalf=True),
                   care_team("pat-3", "hopital"))

@@ -93,10 +93,24 @@ def is_open(alert: Alert, visits: dict[str, Visit], now_ms: int) -> bool:
     return alert.sent_ms is not None and now_ms - alert.sent_ms <= _RECENT_MS
 
 
-def alert_json(alert: Alert, *, open_: bool, patient: JSON, site_label: str) -> JSON:
+def alert_time(alert: Alert, visits: dict[str, Visit] | None) -> str:
+    """The moment the alert is about: a discharge's departure, an arrival's (or a cancelled
+    registration's) arrival, from the ER-visit register; else when it was sent."""
+    visit = (visits or {}).get(alert.encounter_id)
+    if visit is not None:
+        if alert.kind == "er-discharge" and visit.departure:
+            return visit.departure
+        if alert.kind != "er-discharge" and visit.arrival:
+            return visit.arrival
+    return alert.sent
+
+
+def alert_json(alert: Alert, *, open_: bool, patient: JSON, site_label: str,
+               visits: dict[str, Visit] | None = None) -> JSON:
+    """``at``: the moment the alert is about (see :func:`alert_time`); ``sent``: when it was raised."""
     return {"id": alert.id, "kind": alert.kind, "priority": alert.priority, "sent": alert.sent,
-            "patient": patient, "text": alert.text, "encounter": alert.encounter_id, "site": alert.site,
-            "siteLabel": site_label, "open": open_}
+            "at": alert_time(alert, visits), "patient": patient, "text": alert.text,
+            "encounter": alert.encounter_id, "site": alert.site, "siteLabel": site_label, "open": open_}
 
 
 # -- the live feed ---------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def client(src: ConsoleSource, config: ConsoleConfig, patient_id: str, now: int)
                if ref_id(r, "Practitioner")]
     by_encounter = visits_by_encounter(register)
     alerts = [alert_json(a, open_=is_open(a, by_encounter, now), patient=patient,
-                         site_label=config.sites.get(a.site, ""))
+                         site_label=config.sites.get(a.site, ""), visits=by_encounter)
               for a in recent_alerts(store, ids, limit=MAX_ROWS)]
     start = month_index(enrolled.start) if enrolled is not None else None
     now_month = month_index(iso(now)) or 0
@@ -180,7 +180,8 @@ def client(src: ConsoleSource, config: ConsoleConfig, patient_id: str, now: int)
         "stays": stays,
         "sites": sorted({v.site for v in visits if v.site}),
         "siteLabels": {v.site: config.sites[v.site] for v in visits if v.site in config.sites},
-        "months": monthly(visits, first, max(first, end if end is not None else now_month), start),
+        "months": monthly(visits, first, max(first, end if end is not None else now_month),
+                          enrolled.start if enrolled is not None else ""),
         "outcome": client_outcome(src, person) if enrolled is not None else None,
         **medications(store, ids, names),
         "alerts": alerts,

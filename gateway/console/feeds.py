@@ -39,7 +39,7 @@ from gateway.topics import DEADLETTER, HL7V2_IN
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
-NOT_INTAKE = frozenset({"deliver", "store"})
+NOT_INTAKE = frozenset({"deliver", "store", "warning"})  # warning: an accepted message's review entry
 QUARANTINE_LIMIT = 200
 _SAFE = re.compile(r"[^A-Za-z0-9^_.]")
 

@@ -65,8 +65,9 @@ class Names:
         return patient_summary(self.resource("Patient", patient_id), patient_id)
 
     def display(self, reference: Any) -> str:
-        """The name of what ``reference`` points to: its display, else the resource's name, else the
-        identifier value, else the reference itself."""
+        """The name of what ``reference`` points to: its display, else the resource's name (a
+        PractitionerRole's practitioner), else the console's known names, else the identifier value,
+        else the id alone — never ``Practitioner/…``, which means nothing to a case manager."""
         if not isinstance(reference, dict):
             return ""
         if reference.get("display"):
@@ -82,6 +83,8 @@ class Names:
                     return name
             if rtype == "Patient":
                 return human_name(found)
+            if rtype == "PractitionerRole" and isinstance(found.get("practitioner"), dict):
+                return self.display(found["practitioner"])
             if isinstance(found.get("name"), str):
                 return str(found["name"])
         if text in self.known:
@@ -89,7 +92,7 @@ class Names:
         ident = reference.get("identifier")
         if isinstance(ident, dict) and ident.get("value"):
             return str(ident["value"])
-        return text
+        return text.rsplit("/", 1)[-1] if rtype in _DISPLAY_TYPES else text
 
     def licence(self, reference: Any) -> str:
         """The first identifier value of a referenced Practitioner (e.g. a CMQ licence number)."""

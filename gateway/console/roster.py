@@ -42,7 +42,7 @@ def roster(src: ConsoleSource, config: ConsoleConfig, now: int) -> JSON:
             "visitsLast12Months": sum(1 for v in mine if v.arrival_ms is not None and now - v.arrival_ms <= _YEAR_MS),
             "openAlerts": len(open_alerts),
             "latestAlert": alert_json(latest, open_=latest in open_alerts, patient=patient,
-                                      site_label=config.sites.get(latest.site, "")) if latest else None,
+                                      site_label=config.sites.get(latest.site, ""), visits=visits) if latest else None,
         })
     rows.sort(key=lambda r: (r["status"] != "active", sort_key(r["name"]), r["id"]))
     return {"asOf": iso(now), "clients": rows, "patient": refs([r["id"] for r in rows])}

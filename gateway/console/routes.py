@@ -15,6 +15,8 @@
 Enrolling posts ``$defi-sante-enroll`` to ``/fhir`` (the FHIR operation itself). API answers are
 JSON (``Cache-Control: no-store``); errors are OperationOutcomes carrying no data; each answer names
 the Patients it shows in a top-level ``patient`` list or ``subject`` (what the audit trail reads).
+Every answer is the gateway as the caller may see it (scope.py): an organisation's client sees the
+clients of its own care teams only.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ from gateway.console.logtail import LastSeen
 from gateway.console.outcomes import outcomes
 from gateway.console.people import Names, refs
 from gateway.console.roster import roster
+from gateway.console.scope import ScopedSource, require_client, scoped, seen_rows
 from gateway.console.stream import alert_events, cursor_of
 from gateway.errors import StoreError
 from gateway.http.fhir_io import FhirRoute
+from gateway.security.boundary import boundary_of
 
 _NO_STORE = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 
@@ -78,42 +82,58 @@ def make_console_router(get_gateway: Callable[[], ConsoleSource], *, config: Con
             raise StoreError("no such file", status=404, issue_code="not-found")
         return assets.response(assets.files[name], request)
 
+    def as_seen(request: Request) -> ScopedSource:
+        """The gateway as the caller may see it (scope.py: gateway/security/boundary.py's rule 3)."""
+        src = get_gateway()
+        return scoped(src, boundary_of(request, src.store))
+
     @router.get(f"{api}/roster")
-    def roster_view() -> Response:
-        return _json(roster(get_gateway(), cfg, now_ms()))
+    def roster_view(request: Request) -> Response:
+        src = as_seen(request)
+        return _json(seen_rows(src.boundary, roster(src, cfg, now_ms()), "clients"))
 
     @router.get(f"{api}/candidates")
     def candidates_view(request: Request) -> Response:
         q = candidate_views.query(_int(request, "window", 1, 120), _int(request, "threshold", 1, 1000),
                                   _int(request, "top", 1, 10_000))
-        return _json(candidate_views.candidates(get_gateway(), cfg, q))
+        return _json(candidate_views.candidates(as_seen(request), cfg, q))
 
     @router.get(f"{api}/clients/{{pid}}")
-    def client_view(pid: str) -> Response:
-        return _json(client(get_gateway(), cfg, pid, now_ms()))
+    def client_view(pid: str, request: Request) -> Response:
+        src = as_seen(request)
+        require_client(src.boundary, pid)
+        body = client(src, cfg, pid, now_ms())
+        require_client(src.boundary, str(body["subject"]["reference"]).removeprefix("Patient/"))
+        return _json(body)
 
     @router.get(f"{api}/clients/{{pid}}/enroll-form")
-    def enroll_form_view(pid: str) -> Response:
-        return _json(enroll_form(get_gateway(), cfg, pid))
+    def enroll_form_view(pid: str, request: Request) -> Response:
+        src = as_seen(request)
+        require_client(src.boundary, pid)
+        body = enroll_form(src, cfg, pid)
+        require_client(src.boundary, str(body["subject"]["reference"]).removeprefix("Patient/"))
+        return _json(body)
 
     @router.get(f"{api}/outcomes")
-    def outcomes_view() -> Response:
-        return _json(outcomes(get_gateway()))
+    def outcomes_view(request: Request) -> Response:
+        return _json(outcomes(as_seen(request)))
 
     @router.get(f"{api}/alerts")
     def alerts_view(request: Request) -> Response:
-        return _json(_alerts(get_gateway(), cfg, _int(request, "limit", 1, 500) or 50))
+        return _json(_alerts(as_seen(request), cfg, _int(request, "limit", 1, 500) or 50))
 
     @router.get(f"{api}/alerts/stream")
     def alerts_stream(request: Request, after: str | None = None) -> Response:
         cursor = cursor_of(request.headers.get("last-event-id"), after)
-        body = alert_events(lambda: get_gateway().store, cursor, poll_s=stream_poll_s, max_s=stream_max_s)
+        sees = as_seen(request).boundary.sees_client
+        body = alert_events(lambda: get_gateway().store, cursor, poll_s=stream_poll_s, max_s=stream_max_s,
+                            visible=sees)
         return StreamingResponse(body, media_type="text/event-stream",
                                  headers={**_NO_STORE, "X-Accel-Buffering": "no"})
 
     @router.get(f"{api}/alerts/{{cid}}")
-    def alert_view(cid: str) -> Response:
-        return _json(_alert(get_gateway(), cfg, cid))
+    def alert_view(cid: str, request: Request) -> Response:
+        return _json(_alert(as_seen(request), cfg, cid))
 
     @router.get(f"{api}/feeds")
     def feeds_view() -> Response:
@@ -132,28 +152,28 @@ def _int(request: Request, name: str, lo: int, hi: int) -> int | None:
     return int(text)
 
 
-def _alerts(src: ConsoleSource, cfg: ConsoleConfig, limit: int) -> dict[str, Any]:
+def _alerts(src: ScopedSource, cfg: ConsoleConfig, limit: int) -> dict[str, Any]:
     register = src.defisante.register()
     visits = alert_views.visits_by_encounter(register)
     names = Names(src.store)
     now = now_ms()
     items = [alert_views.alert_json(a, open_=alert_views.is_open(a, visits, now), patient=names.patient(a.patient_id),
-                                    site_label=cfg.sites.get(a.site, ""))
-             for a in alert_views.recent_alerts(src.store, limit=limit)]
+                                    site_label=cfg.sites.get(a.site, ""), visits=visits)
+             for a in alert_views.recent_alerts(src.store, limit=limit) if src.boundary.sees_client(a.patient_id)]
     return {"alerts": items, "patient": refs([a["patient"]["id"] for a in items])}
 
 
-def _alert(src: ConsoleSource, cfg: ConsoleConfig, cid: str) -> dict[str, Any]:
+def _alert(src: ScopedSource, cfg: ConsoleConfig, cid: str) -> dict[str, Any]:
     try:
         comm = src.store.read("Communication", cid).resource
     except StoreError:
         comm = None
     alert = alert_views.alert_of(comm or {})
-    if alert is None:
+    if alert is None or not src.boundary.sees_client(alert.patient_id):
         raise StoreError("no alert with this id", status=404, issue_code="not-found")
     person_of(src, alert.patient_id)  # a client or candidate of the program, else 404
     visits = alert_views.visits_by_encounter(src.defisante.register())
     patient = Names(src.store).patient(alert.patient_id)
     body = alert_views.alert_json(alert, open_=alert_views.is_open(alert, visits, now_ms()), patient=patient,
-                                  site_label=cfg.sites.get(alert.site, ""))
+                                  site_label=cfg.sites.get(alert.site, ""), visits=visits)
     return {**body, "subject": {"reference": f"Patient/{alert.patient_id}"}}

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from gateway.defisante.codes import JSON
+from gateway.defisante.outcomes import enrollment_ms, is_since
 from gateway.defisante.register import Visit
 
 
@@ -22,31 +23,62 @@ def month_text(index: int) -> str:
     return f"{year:04d}-{month + 1:02d}"
 
 
-def monthly(visits: Iterable[Visit], first: int, last: int, start: int | None) -> list[JSON]:
-    """ER visits per month from ``first`` to ``last`` (month indexes); ``after`` from the month of
-    ``start`` (the enrollment) on."""
-    counts = Counter(m for v in visits if (m := month_index(v.arrival)) is not None)
-    return [{"month": month_text(m), "visits": counts.get(m, 0), "after": start is not None and m >= start}
-            for m in range(first, last + 1)]
+def _since(visit: Visit, start_ms: int | None) -> bool:
+    """After the enrollment, at the visit's own precision (the outcomes' rule)."""
+    return start_ms is not None and is_since(visit.arrival, start_ms)
 
 
-def relative(cohort: list[tuple[int, int, list[Visit]]], before: int = 12, after: int = 12) -> list[JSON]:
-    """The cohort's ER visits per month relative to each client's enrollment month (−12 … +12).
+def monthly(visits: Iterable[Visit], first: int, last: int, enrolled: str = "") -> list[JSON]:
+    """ER visits per month from ``first`` to ``last`` (month indexes); the enrollment's month is split
+    at the enrollment into two entries (``part`` before / after), so a visit of that month before the
+    enrollment is drawn as before, and ``after`` marks what the outcomes count as since."""
+    start = month_index(enrolled) if enrolled else None
+    start_ms = enrollment_ms(enrolled) if enrolled else None
+    items = list(visits)
+    counts = Counter(m for v in items if (m := month_index(v.arrival)) is not None)
+    split = Counter(_since(v, start_ms) for v in items if start is not None and month_index(v.arrival) == start)
+    out: list[JSON] = []
+    for m in range(first, last + 1):
+        if m == start:
+            out += [{"month": month_text(m), "visits": split.get(False, 0), "after": False, "part": "before"},
+                    {"month": month_text(m), "visits": split.get(True, 0), "after": True, "part": "after"}]
+        else:
+            out.append({"month": month_text(m), "visits": counts.get(m, 0), "after": start is not None and m > start})
+    return out
 
-    ``cohort``: (enrollment month, last month followed, visits) per client; ``clients`` counts
-    those observed that month (a month after the end of follow-up is not observed), and ``rate``
-    is visits per client observed, so clients followed for different lengths compare.
+
+def relative(cohort: list[tuple[str, int, list[Visit]]], before: int = 12, after: int = 12) -> list[JSON]:
+    """The cohort's ER visits per month relative to each client's enrollment month (−12 … +12), the
+    enrollment month split at the enrollment (two entries at offset 0, ``part`` before / after).
+
+    ``cohort``: (enrollment dateTime, last month followed, visits) per compared client; ``clients``
+    counts those observed that month (a month after the end of follow-up is not observed), and
+    ``rate`` is visits per client observed, so clients followed for different lengths compare.
     """
-    counted = [(start, last, Counter(month_index(v.arrival) for v in items)) for start, last, items in cohort]
+    counted: list[tuple[int, int, int | None, Counter[int | None], list[Visit]]] = []
+    for enrolled, last, items in cohort:
+        start = month_index(enrolled)
+        if start is not None:
+            counted.append((start, last, enrollment_ms(enrolled), Counter(month_index(v.arrival) for v in items),
+                            items))
     out: list[JSON] = []
     for offset in range(-before, after + 1):
-        visits = clients = 0
-        for start, last, counts in counted:
-            month = start + offset
-            if month > last:
-                continue
-            clients += 1
-            visits += counts.get(month, 0)
-        out.append({"offset": offset, "visits": visits, "clients": clients,
-                    "rate": round(visits / clients, 3) if clients else None})
+        for part in (("before", "after") if offset == 0 else ("",)):
+            visits = clients = 0
+            for start, last, start_ms, counts, items in counted:
+                month = start + offset
+                if month > last:
+                    continue
+                clients += 1
+                if part:
+                    visits += sum(1 for v in items if month_index(v.arrival) == month
+                                  and _since(v, start_ms) == (part == "after"))
+                else:
+                    visits += counts.get(month, 0)
+            entry: JSON = {"offset": offset, "visits": visits, "clients": clients,
+                           "rate": round(visits / clients, 3) if clients else None, "after": offset > 0 or
+                           part == "after"}
+            if part:
+                entry["part"] = part
+            out.append(entry)
     return out

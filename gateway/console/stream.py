@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 
 from starlette.concurrency import run_in_threadpool
 
-from gateway.console.alerts import alerts_after, latest_seq
+from gateway.console.alerts import Alert, alerts_after, latest_seq
 from gateway.fhirstore import FhirStore
 
 
@@ -33,15 +33,22 @@ def cursor_of(last_event_id: str | None, after: str | None) -> int | None:
     return None
 
 
+def _seen(store: FhirStore, seq: int, visible: Callable[[str], bool]) -> tuple[list[tuple[int, Alert]], int]:
+    events, cursor = alerts_after(store, seq)
+    return [(n, a) for n, a in events if visible(a.patient_id)], cursor
+
+
 async def alert_events(get_store: Callable[[], FhirStore], cursor: int | None, *, poll_s: float = 1.0,
-                       max_s: float = 15.0, keepalive_s: float = 15.0) -> AsyncIterator[bytes]:
-    """The SSE body (see the module docstring)."""
+                       max_s: float = 15.0, keepalive_s: float = 15.0,
+                       visible: Callable[[str], bool] = lambda _pid: True) -> AsyncIterator[bytes]:
+    """The SSE body (see the module docstring); ``visible``: the clients the caller sees (the others'
+    alerts are skipped, the cursor still moves past them)."""
     store = get_store()
     seq: int = await run_in_threadpool(latest_seq, store) if cursor is None else cursor
     yield f"retry: 1000\nid: {seq}\nevent: ready\ndata: {{}}\n\n".encode()
     started = quiet = time.monotonic()
     while time.monotonic() - started < max_s:
-        events, seq = await run_in_threadpool(alerts_after, store, seq)
+        events, seq = await run_in_threadpool(_seen, store, seq, visible)
         for seq, alert in events:
             data = json.dumps({"id": alert.id, "kind": alert.kind, "priority": alert.priority,
                                "patient": alert.patient_id}, separators=(",", ":"))

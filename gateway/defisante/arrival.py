@@ -4,7 +4,8 @@
 A03 discharge…) of one visit for a stored Patient: its NAM (and name, birth date, sex, so the
 Patient is rewritten with the same demographics), a site MRN derived from the Patient id, a visit
 number, arrival (PV1-44) at ``when`` (default now, in the sites' time zone) and, for A03, a
-departure. ``pivot simulate --arrival-of PATIENT_ID`` prints one (README walkthrough).
+departure (default four hours after the arrival, or now if sooner: never in the future).
+``pivot simulate --arrival-of PATIENT_ID`` prints one (README walkthrough).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def visit_message(patient: JSON, *, site: str = "HLA", trigger: str = "A04", vis
     family, given = str(name.get("family", "")), " ".join(name.get("given") or [])
     born = str(patient.get("birthDate", "")).replace("-", "")
     sex = _SEX.get(str(patient.get("gender", "")), "U")
-    leave = departure or (at + timedelta(hours=4))
+    # a discharge is never in the future: four hours after the arrival, or now if that is sooner
+    leave = departure or max(at, min(at + timedelta(hours=4), datetime.now(ZONE)))
     discharge = f"{leave:%Y%m%d%H%M}" if trigger == "A03" else ""
     location = "URG^CIV01^1" if patient_class == "E" else "MED^301^1"
     stamp = leave if trigger == "A03" else at

@@ -4,7 +4,8 @@
 one ``pivot serve`` fills; safe while it runs) and print a table, or CSV with ``--csv``. ``simulate``
 writes a year of ADT (``gateway.simulate``) to stdout or ``--out``, its ground truth to
 ``--truth``; with ``--arrival-of PATIENT_ID`` it prints one ADT of a visit of that stored Patient
-instead (the README walkthrough pipes it to ``pivot ingest -``).
+instead (the README walkthrough pipes it to ``pivot ingest -``); with ``--visit V`` (the Encounter's
+visit number, its ``identifier``) a discharge or cancel keeps the stored arrival.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     s.add_argument("--ending-today", action="store_true", help="start DAYS days ago, so the year ends today")
     s.add_argument("--out", help="feed file (default stdout)")
     s.add_argument("--truth", help="ground-truth JSON file")
+    s.add_argument("--stream", action="store_true",
+                   help="instead: an ADT update stream per person (A08 deltas, \"\" deletes, A08 after A03, a "
+                        "second site, late messages, v2.8, look-alike test patients): gateway/simulate_stream.py")
     s.add_argument("--arrival-of", metavar="PATIENT_ID", help="print one ADT of a visit of this stored Patient now")
     s.add_argument("--site", default="HLA", help=f"site of --arrival-of ({', '.join(site_codes())})")
     s.add_argument("--trigger", default="A04", help="trigger of --arrival-of (A04, A03, A11…)")
@@ -85,8 +89,9 @@ def _candidates(service: DefiSante, args: argparse.Namespace) -> int:
 
 def _outcomes(service: DefiSante, args: argparse.Namespace) -> int:
     lines, _as_of = service.outcomes(args.date)
+    least = service.min_follow_up_days
     if args.csv:
-        sys.stdout.write(outcomes.csv_text(lines))
+        sys.stdout.write(outcomes.csv_text(lines, least))
         return 0
     print(f"{'patient id':<32} {'status':<6} {'enrolled':<20} {'days':>7} {'before':>6} {'since':>5} "
           f"{'/year':>6} {'hosp.d before':>13} {'since':>6}")
@@ -95,15 +100,18 @@ def _outcomes(service: DefiSante, args: argparse.Namespace) -> int:
         print(f"{c.patient_id:<32} {'active' if c.active else 'ended':<6} {c.enrolled[:19]:<20} "
               f"{c.follow_up_days:>7.1f} {c.visits_before:>6} {c.visits_since:>5} "
               f"{'' if annual is None else f'{annual:.1f}':>6} {c.hospital_days_before:>13.1f} "
-              f"{c.hospital_days_since:>6.1f}")
-    s = outcomes.cohort_summary(lines)
+              f"{c.hospital_days_since:>6.1f}{'' if c.followed else '  (suivi insuffisant)'}")
+    s = outcomes.cohort_summary(lines, least)
 
     def shown(value: object, unit: str = "") -> str:
         return "n/a" if value is None else f"{value}{unit}"
 
-    print(f"cohort: {s['clients']} client(s), ER visits in the year before {s['erVisitsBefore']}, since "
-          f"{s['erVisitsSince']} ({shown(s['erVisitsSinceAnnualised'])} a year), "
-          f"change {shown(s['erVisitsChangePercent'], ' %')}")
+    print(f"cohort: {s['clientsCompared']} of {s['clients']} client(s) followed >= {least} days; ER visits per "
+          f"client-year: {shown(s['erVisitsPerClientYearBefore'])} the year before, "
+          f"{shown(s['erVisitsPerClientYearSince'])} since; change {shown(s['erVisitsChangePercent'], ' %')}")
+    for row in outcomes.first_clients(lines):
+        print(f"the first {row['clients']} clients (a full year of follow-up): {row['erVisitsYearBefore']} ER "
+              f"visits the year before, {row['erVisitsYearAfter']} the year after")
     return 0
 
 
@@ -112,15 +120,24 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
         store = FhirStore(settings.data_dir / "fhir.sqlite")
         try:
             patient = read(store, "Patient", args.arrival_of)
+            arrived = _arrival_of_visit(store, args.visit) if args.visit else None
         finally:
             store.close()
         if patient is None:
             raise GatewayError("no such Patient in the local store")
         try:
-            raw = visit_message(patient, site=args.site, trigger=args.trigger, visit=args.visit)
+            raw = visit_message(patient, site=args.site, trigger=args.trigger, visit=args.visit, when=arrived)
         except ValueError as exc:
             raise GatewayError(str(exc)) from None
         _output(args.out).write(raw + b"\n")
+        return 0
+    if args.stream:
+        from gateway.simulate_stream import stream
+
+        out = _output(args.out)
+        for sent in stream(people=args.people, seed=args.seed):
+            out.write(sent.raw + b"\n")
+        out.flush()
         return 0
     from gateway.simulate import simulate, write
 
@@ -141,6 +158,18 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     print(f"simulated {len(sim.messages)} messages, {len(sim.truth['frequent_nams'])} frequent users, "
           f"{len(sim.truth['pregnancy_nams'])} pregnancy-related repeaters", file=sys.stderr)
     return 0
+
+
+def _arrival_of_visit(store: FhirStore, visit: str) -> datetime | None:
+    """The stored arrival of the visit numbered ``visit`` (so a discharge or a cancel keeps it)."""
+    _q, page = store.search("Encounter", [("identifier", visit)])
+    for entry in page.entries:
+        start = str(((entry.resource or {}).get("period") or {}).get("start") or "")
+        try:
+            return datetime.fromisoformat(start.replace("Z", "+00:00")) if len(start) > 10 else None
+        except ValueError:
+            return None
+    return None
 
 
 def _output(path: str | None) -> IO[bytes]:

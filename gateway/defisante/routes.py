@@ -1,5 +1,6 @@
 """The Défi Santé FHIR operations, mounted under ``/fhir`` before the store's own routes (thin:
-the logic is in ``service.py`` and the modules it composes).
+the logic is in ``service.py`` and the modules it composes). Every answer is the program as the
+caller may see it (``scoped.py``: an organisation's client sees its own care teams' clients only).
 
     GET  /Patient/$defi-sante-candidates          searchset Bundle (or CSV with _format=csv)
     POST /Patient/{id}/$defi-sante-enroll          Parameters → transaction-response Bundle
@@ -24,10 +25,12 @@ from gateway.defisante import candidates as cand
 from gateway.defisante import conformance, outcomes
 from gateway.defisante.codes import JSON, PROGRAM
 from gateway.defisante.enrollment import bad
+from gateway.defisante.scoped import ScopedProgram
 from gateway.defisante.service import DefiSante, outcome_bundle
 from gateway.errors import StoreError
 from gateway.fhirstore.dates import instant_text
 from gateway.http.fhir_io import FhirRoute, fhir_response, read_json
+from gateway.security.boundary import boundary_of
 
 _LIMITS = {"window": (1, 120), "threshold": (1, 1000), "top": (1, 10_000)}
 
@@ -64,6 +67,11 @@ def make_defisante_router(get_service: Callable[[], DefiSante], *, base_path: st
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + base_path
 
+    def scoped(request: Request) -> DefiSante:
+        """The program as the caller may see it (gateway/defisante/scoped.py)."""
+        service = get_service()
+        return ScopedProgram(service, boundary_of(request, service.store))
+
     @router.get("/Patient/$defi-sante-candidates")
     def candidates(request: Request) -> Response:
         reference = request.query_params.get("date")
@@ -76,7 +84,7 @@ def make_defisante_router(get_service: Callable[[], DefiSante], *, base_path: st
                            day)
         chosen = request.query_params.get("exclusion")
         exclusions = None if chosen is None else [x for x in chosen.split(",") if x and x != "none"]
-        found = get_service().candidates(query, exclusions)
+        found = scoped(request).candidates(query, exclusions)
         if _csv(request):
             return _text(cand.csv_text(found.result, found.patients, found.nams), "defi-sante-candidates.csv")
         return fhir_response(cand.bundle(found.result, found.patients, base(request), str(request.url)))
@@ -84,27 +92,28 @@ def make_defisante_router(get_service: Callable[[], DefiSante], *, base_path: st
     @router.post("/Patient/{rid}/$defi-sante-enroll")
     async def enroll(rid: str, request: Request) -> Response:
         body = await read_json(request)
-        written = await run_in_threadpool(get_service().enroll, rid, body, dict(request.headers))
+        written = await run_in_threadpool(scoped(request).enroll, rid, body, dict(request.headers))
         created = any(o.status == "created" for o in written)
         return fhir_response(outcome_bundle(written), 201 if created else 200)
 
     @router.post("/Patient/{rid}/$defi-sante-disenroll")
     async def disenroll(rid: str, request: Request) -> Response:
         body = await _optional_json(request)
-        written = await run_in_threadpool(get_service().disenroll, rid, body, dict(request.headers))
+        written = await run_in_threadpool(scoped(request).disenroll, rid, body, dict(request.headers))
         return fhir_response(outcome_bundle(written))
 
     @router.get(f"/Group/{PROGRAM}")
-    def group() -> Response:
-        return fhir_response(get_service().group())
+    def group(request: Request) -> Response:
+        return fhir_response(scoped(request).group())
 
     @router.get(f"/Group/{PROGRAM}/$defi-sante-outcomes")
     @router.get("/Group/$defi-sante-outcomes")
     def outcomes_op(request: Request) -> Response:
-        lines, as_of = get_service().outcomes(request.query_params.get("date"), request.query_params.get("patient"))
+        service = scoped(request)
+        lines, as_of = service.outcomes(request.query_params.get("date"), request.query_params.get("patient"))
         if _csv(request):
-            return _text(outcomes.csv_text(lines), "defi-sante-outcomes.csv")
-        return fhir_response(outcomes.parameters(lines, as_of))
+            return _text(outcomes.csv_text(lines, service.min_follow_up_days), "defi-sante-outcomes.csv")
+        return fhir_response(outcomes.parameters(lines, as_of, service.min_follow_up_days))
 
     @router.get("/Group/{gid}/$defi-sante-outcomes")
     def unknown_group(gid: str) -> Response:

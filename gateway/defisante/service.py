@@ -170,7 +170,12 @@ class DefiSante:
         if patient:
             person = self.register().person(patient)
             clients = [c for c in clients if person in (c.patient_id, self.register().person(c.patient_id))]
-        return outcomes.client_outcomes(self.register(), clients, as_of_ms), as_of_ms
+        return outcomes.client_outcomes(self.register(), clients, as_of_ms, self.min_follow_up_days), as_of_ms
+
+    @property
+    def min_follow_up_days(self) -> int:
+        """Clients followed less are listed but not compared (``PIVOT_OUTCOMES_MIN_FOLLOW_UP_DAYS``)."""
+        return self.settings.outcomes_min_follow_up_days
 
     def group(self) -> JSON:
         """The cohort as a Group (every client ever enrolled; member.inactive once ended)."""

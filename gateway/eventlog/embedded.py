@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import select
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from gateway import walcheckpoint
 from gateway.errors import PublishError
 from gateway.eventlog.base import OutRecord, Record
 
+log = logging.getLogger("pivot.eventlog")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -68,9 +71,27 @@ def begin_immediate(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
         delay = min(delay * 2, 0.002)
 
 
+def private_dir(path: Path) -> None:
+    """Create the directory ``path`` 0700 (missing parents get the default mode). An existing one
+    that other users may enter is tightened to 0700 with a warning — every file in it is ours alone
+    (0600), so nobody legitimate loses access, while its listing (names, sizes, times) stops
+    showing — unless it is a shared sticky directory (``/tmp``) or not ours: then only the warning."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    if not mode & 0o077:
+        return
+    if mode & stat.S_ISVTX or info.st_uid != os.geteuid():
+        log.warning("data directory %s is open to other users (mode %03o); make it 0700", path, mode)
+        return
+    os.chmod(path, 0o700)
+    log.warning("data directory %s was open to other users (mode %03o); now 0700", path, mode)
+
+
 def secure_file(path: Path) -> None:
-    """Create ``path`` (and its SQLite side files later inherit the umask) readable by us only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` (and its SQLite side files later inherit the umask) readable by us only, in
+    a private directory (:func:`private_dir`)."""
+    private_dir(path.parent)
     if not path.exists():
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
         os.close(fd)

@@ -51,6 +51,10 @@ def validate(resource: JSON) -> JSON:
     except ValidationError as exc:
         paths = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})[:5]
         raise ValidateError(f"invalid {rtype}: {', '.join(paths)}") from None
+    except (TypeError, AttributeError, ValueError, RecursionError):
+        # some validators of fhir_core crash on a value of the wrong JSON type (a list or a number
+        # where a url is expected: 'unhashable type', 'no attribute startswith') instead of failing it
+        raise ValidateError(f"invalid {rtype}: an element has a value of the wrong type") from None
     for (rt, element), allowed in _REQUIRED_CODES.items():
         if rt == rtype and element in resource and resource[element] not in allowed:
             raise ValidateError(f"invalid {rtype}: {element} outside its required value set")

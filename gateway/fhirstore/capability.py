@@ -36,6 +36,21 @@ _READ_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)/[^/$]+")
 _SEARCH_PATH = re.compile(r"/fhir/(?P<type>[A-Z][A-Za-z]+)")
 Operation = tuple[str, str, str]  # (resource type, operation name, OperationDefinition canonical)
 
+# search parameters of the types served outside the store (the routes that serve them validate with
+# this table too: gateway/security/audit_search.py); others are conformance resources, found by url
+OTHER_SEARCH_PARAMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "AuditEvent": (
+        ("patient", "reference", "a Patient the access was about (entity role 1), Patient/id or id"),
+        ("entity", "reference", "anything the access was about (entity.what), Type/id"),
+        ("agent", "reference", "who accessed: a client id, or agent.who.reference (a disclosure's recipient)"),
+        ("date", "date", "when recorded (eq, ne, gt, ge, lt, le)"),
+        ("type", "token", "audit-event-type (rest; DCM 110106 Export for alerts and notifications)"),
+        ("subtype", "token", "the restful interaction (read, search-type, operation, …) or the disclosure kind"),
+        ("outcome", "token", "0 success, 4 minor failure (4xx), 8 serious failure (5xx)"),
+        ("_count", "number", "page size (default 50, max 1000); next link: _page, newest first"),
+    ),
+}
+
 
 @dataclass(frozen=True)
 class Routes:
@@ -101,7 +116,8 @@ def capability_statement(base: str, software_version: str = __version__, routes:
         if codes:
             entry["interaction"] = [{"code": code} for code in codes]
         if "search-type" in codes:  # conformance resources: found by their canonical url
-            entry["searchParam"] = [{"name": "url", "type": "uri", "documentation": "the canonical url"}]
+            served = OTHER_SEARCH_PARAMS.get(rtype, (("url", "uri", "the canonical url"),))
+            entry["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in served]
         if rtype in by_type:
             entry["operation"] = by_type[rtype]
         resources.append(entry)

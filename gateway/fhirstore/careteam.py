@@ -113,12 +113,15 @@ class CareTeamRule:
 
     def in_care_team(self, patient_id: str, org_id: str) -> bool:
         """Is Organization ``org_id`` a member (or acted for) in an active CareTeam of the client?"""
-        for team in self._active("CareTeam", patient_id):
-            for participant in team.get("participant", []) or []:
-                if isinstance(participant, dict) and (_is_org(participant.get("member"), org_id)
-                                                      or _is_org(participant.get("onBehalfOf"), org_id)
-                                                      or self._role_of(participant.get("member"), org_id)):
-                    return True
+        return any(self.team_includes(team, org_id) for team in self._active("CareTeam", patient_id))
+
+    def team_includes(self, team: JSON, org_id: str) -> bool:
+        """Is Organization ``org_id`` a participant of this CareTeam (whatever its status)?"""
+        for participant in team.get("participant", []) or []:
+            if isinstance(participant, dict) and (_is_org(participant.get("member"), org_id)
+                                                  or _is_org(participant.get("onBehalfOf"), org_id)
+                                                  or self._role_of(participant.get("member"), org_id)):
+                return True
         return False
 
     def _role_of(self, member: Any, org_id: str) -> bool:

@@ -26,7 +26,7 @@ from gateway.fhirstore.secrets import has_masked, keep_secrets
 from gateway.fhirstore.writer import Outcome, Writer, check_id, check_type
 
 JSON = dict[str, Any]
-_ETAG = re.compile(r'(?:W/)?"?(\d+)"?')
+_ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')  # at most 18 digits: within SQLite's INTEGER
 
 
 @dataclass(slots=True)
@@ -56,11 +56,11 @@ def bad(message: str, status: int = 400, code: str = "invalid") -> StoreError:
     return StoreError(message, status=status, issue_code=code)
 
 
-def parse_if_match(value: str | None) -> int | None:
-    """``W/"3"`` (or ``"3"``, ``3``) → 3; None when absent; 400 when malformed."""
+def parse_if_match(value: object) -> int | None:
+    """``W/"3"`` (or ``"3"``, ``3``) → 3; None when absent; 400 when malformed (or not a string)."""
     if value is None:
         return None
-    match = _ETAG.fullmatch(value.strip())
+    match = _ETAG.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
         raise bad("If-Match must be a version ETag such as W/\"1\"")
     return int(match.group(1))

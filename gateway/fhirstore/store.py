@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import PublishError, StoreError
+from gateway.eventlog.embedded import private_dir
 from gateway.fhirstore import params as _params
 from gateway.fhirstore.query import Params, Query, parse_history, parse_search
 from gateway.fhirstore.search import Entry, Page, history, read_current, search
@@ -86,7 +87,7 @@ def _params_digest() -> str:
 
 def _secure_file(path: Path) -> None:
     """Create the database file readable by us only (SQLite gives new -wal/-shm files its mode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -264,7 +265,7 @@ class FhirStore:
     def vread(self, rtype: str, rid: str, version: str) -> Entry:
         """One version; 404 when unknown, 410 when that version is a deletion."""
         check_type(rtype)
-        if not version.isdigit():
+        if not (version.isascii() and version.isdigit()) or len(version) > 18:  # past SQLite's INTEGER: none
             raise StoreError("version not found", status=404, issue_code="not-found")
         with self.reading() as conn:
             row = conn.execute(

@@ -18,7 +18,7 @@ for that entry.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.errors import StoreError
 from gateway.fhirstore.bundles import (
@@ -38,8 +38,20 @@ _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
 MAX_ENTRIES = 10_000
 
 
-def process_bundle(store: FhirStore, bundle: Any, base: str) -> JSON:
-    """Run a transaction or batch Bundle; returns the response Bundle (or raises StoreError)."""
+class WriteGuard(Protocol):
+    """Who may write what (gateway/security/boundary.py): asked for every entry, as for a REST write."""
+
+    def prepare(self, inter: Interaction) -> None:
+        """Before the write lock (may rewrite ``inter.resource``; StoreError refuses)."""
+
+    def check(self, writer: Writer, inter: Interaction) -> None:
+        """Inside the transaction, the target id resolved (StoreError refuses)."""
+
+
+def process_bundle(store: FhirStore, bundle: Any, base: str, guard: WriteGuard | None = None) -> JSON:
+    """Run a transaction or batch Bundle; returns the response Bundle (or raises StoreError).
+
+    ``guard``: the caller's write rules, asked for each entry (none: the store's own checks only)."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise bad("the base accepts a Bundle of type transaction or batch", 400, "structure")
     entries = bundle.get("entry", [])
@@ -48,9 +60,9 @@ def process_bundle(store: FhirStore, bundle: Any, base: str) -> JSON:
     if len(entries) > MAX_ENTRIES:
         raise bad(f"at most {MAX_ENTRIES} entries per Bundle", 413, "too-costly")
     if bundle.get("type") == "transaction":
-        return _transaction(store, entries, base)
+        return _transaction(store, entries, base, guard)
     if bundle.get("type") == "batch":
-        return _batch(store, entries, base)
+        return _batch(store, entries, base, guard)
     raise bad("the base accepts a Bundle of type transaction or batch", 400, "not-supported")
 
 
@@ -58,12 +70,14 @@ def _at(index: int, exc: StoreError) -> StoreError:
     return StoreError(f"entry {index}: {exc.message}", status=exc.status, issue_code=exc.issue_code)
 
 
-def _transaction(store: FhirStore, entries: list[Any], base: str) -> JSON:
+def _transaction(store: FhirStore, entries: list[Any], base: str, guard: WriteGuard | None) -> JSON:
     items: list[Interaction] = []
     for n, entry in enumerate(entries):
         try:
             inter = from_entry(entry, base)
             check(inter)
+            if guard is not None:
+                guard.prepare(inter)
             store.check_write(inter.resource)
         except StoreError as exc:
             raise _at(n, exc) from None
@@ -76,6 +90,12 @@ def _transaction(store: FhirStore, entries: list[Any], base: str) -> JSON:
             except StoreError as exc:
                 raise _at(n, exc) from None
         _link_full_urls(writer, items, base)
+        for n, inter in enumerate(items):
+            try:
+                if guard is not None:
+                    guard.check(writer, inter)
+            except StoreError as exc:
+                raise _at(n, exc) from None
         for n in sorted(range(len(items)), key=lambda i: _ORDER[items[i].method]):
             try:
                 results[n] = execute(writer, items[n])
@@ -131,12 +151,14 @@ def _rewrite(writer: Writer | None, resource: JSON, mapping: dict[str, str], bas
     return resource
 
 
-def _batch(store: FhirStore, entries: list[Any], base: str) -> JSON:
+def _batch(store: FhirStore, entries: list[Any], base: str, guard: WriteGuard | None) -> JSON:
     prepared: list[Interaction | StoreError] = []
     for entry in entries:
         try:
             inter = from_entry(entry, base)
             check(inter)
+            if guard is not None:
+                guard.prepare(inter)
             store.check_write(inter.resource)
             if inter.resource is not None:
                 inter.resource = _rewrite(None, inter.resource, {}, base)
@@ -152,6 +174,8 @@ def _batch(store: FhirStore, entries: list[Any], base: str) -> JSON:
             try:
                 with writer.savepoint():
                     resolve(writer, item)
+                    if guard is not None:
+                        guard.check(writer, item)
                     out.append(_response_entry(base, execute(writer, item)))
             except StoreError as exc:
                 out.append(_error_entry(exc))

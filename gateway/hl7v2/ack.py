@@ -11,7 +11,8 @@
   header fields stay valid; CR terminators. Without a parsed message: standard delimiters and
   only printable-ASCII header values recovered from the bytes.
 - ERR follows the version copied into MSH-12: v2.5 and later use ERR-2 (ERL), ERR-3 (CWE, table
-  0357), ERR-4 severity ``E`` and ERR-8 user message; before v2.5 ERR-1 (ELD
+  0357), ERR-4 severity ``E`` (``W`` for the warnings of an accepted message, e.g. an end before
+  its start dropped: ERR-3 ``0``) and ERR-8 user message; before v2.5 ERR-1 (ELD
   ``segment^sequence^field^code&text&HL70357``) and MSA-3 carry the same facts.
 - Texts are escaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``) and never carry field values: only what the
   error says (ids, positions, codes).
@@ -26,6 +27,7 @@ import itertools
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from gateway.errors import GatewayError, ParseError
@@ -190,8 +192,9 @@ def _version_tuple(version: str, d: Delimiters) -> tuple[int, ...]:
 
 
 def build_ack(code: str, *, msg: Message | None, raw: bytes | None = None, error: GatewayError | None = None,
-              text: str = "") -> bytes:
-    """An ER7 ACK for ``msg`` (or, when it could not be parsed, for ``raw``), encoded in its charset."""
+              text: str = "", warnings: Sequence[GatewayError] = ()) -> bytes:
+    """An ER7 ACK for ``msg`` (or, when it could not be parsed, for ``raw``), encoded in its charset.
+    ``warnings`` (accepted messages): one more ERR each, severity ``W`` (v2.5+: ERR-4)."""
     if code not in ACK_CODES:
         raise ValueError(f"not an HL7 table 0008 acknowledgment code: {code!r}")
     head = _from_message(msg) if msg is not None else _from_raw(raw)
@@ -224,7 +227,20 @@ def build_ack(code: str, *, msg: Message | None, raw: bytes | None = None, error
             segments.append(f.join(["ERR", f"{where}{c}{hl7_code}{s}{label}{s}HL70357"]))
     elif text and v < (2, 5):
         segments[1] = f.join([*msa, user_text[:80]])
+    segments.extend(_err(w, d, v, "W") for w in warnings)
     return encode("\r".join(segments) + "\r", head.codec)
+
+
+def _err(error: GatewayError, d: Delimiters, v: tuple[int, ...], severity: str) -> str:
+    """One ERR segment for ``error`` (ERL location, 0357 code, severity, user message; ELD before v2.5)."""
+    c, f = d.component, d.field
+    label = escape(TABLE_0357.get(error.hl7_code, "Application internal error"), d)
+    where = _location(error, d)
+    if v >= (2, 5):
+        user_text = escape(_no_controls(_one_line(error.message)), d)[:250]
+        return f.join(["ERR", "", where, f"{error.hl7_code}{c}{label}{c}HL70357", severity, "", "", "", user_text])
+    where = c.join(where.split(c)[:3]) if where else c.join(["", "", ""])
+    return f.join(["ERR", f"{where}{c}{error.hl7_code}{d.subcomponent}{label}{d.subcomponent}HL70357"])
 
 
 def _one_line(text: str) -> str:

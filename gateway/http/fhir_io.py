@@ -1,15 +1,17 @@
 """FHIR-over-HTTP plumbing: JSON responses, OperationOutcome errors, request bodies and headers.
 
 Every error under ``/fhir`` leaves as an OperationOutcome with the right status: ``StoreError``
-carries its own status; anything unexpected is a 500 whose body says only "internal error" and
-whose log line names the route template and the exception type (never the message, which could
-quote data).
+carries its own status; the few exceptions bad input causes deep down (``_INPUT_ERRORS``: a number
+out of SQLite's range, a query past SQLite's limits) are a 400; anything else is a 500 whose body
+says only "internal error" and whose log line names the route template and the exception type
+(never the message, which could quote data).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import traceback
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -21,11 +23,11 @@ from fastapi.routing import APIRoute
 
 from gateway.errors import StoreError
 from gateway.fhirstore.bundles import operation_outcome
+from gateway.security.limits import BodyTooLarge, body_limit, declared_length, limits_of, parse_json
 
 log = logging.getLogger("pivot.fhir")
 
 FHIR_JSON = "application/fhir+json"
-MAX_BODY_BYTES = 64 * 1024 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "")
 
 
@@ -44,6 +46,27 @@ def outcome_response(status: int, code: str, message: str, severity: str = "erro
 
 def store_error_response(exc: StoreError) -> Response:
     return outcome_response(exc.status, exc.issue_code, exc.message)
+
+
+# exceptions the request's own input causes (a number past SQLite's range, a query past its limits):
+# a 400 OperationOutcome and a WARNING naming the route and the type, not a 500
+_INPUT_ERRORS: tuple[tuple[type[BaseException], str, str], ...] = (
+    (OverflowError, "invalid", "a number in the request is out of range"),
+    (RecursionError, "too-costly", "the request nests too deeply"),
+    (UnicodeError, "invalid", "the request is not valid UTF-8"),
+)
+_SQLITE_LIMITS = ("too many", "too large", "too complex", "too big", "stack overflow")
+
+
+def _input_error(request: Request, exc: BaseException) -> Response | None:
+    found = next(((code, why) for kind, code, why in _INPUT_ERRORS if isinstance(exc, kind)), None)
+    if found is None and isinstance(exc, sqlite3.DatabaseError) and any(m in str(exc) for m in _SQLITE_LIMITS):
+        found = ("too-costly", "the request is too complex")
+    if found is None:
+        return None
+    route = request.scope.get("route")
+    log.warning("fhir %s %s refused: %s", request.method, getattr(route, "path", "?"), type(exc).__name__)
+    return outcome_response(400, *found)
 
 
 def _internal_error(request: Request, exc: BaseException) -> Response:
@@ -66,7 +89,7 @@ class FhirRoute(APIRoute):
             except StoreError as exc:
                 return store_error_response(exc)
             except Exception as exc:  # noqa: BLE001 - the boundary: nothing leaks, everything is logged
-                return _internal_error(request, exc)
+                return _input_error(request, exc) or _internal_error(request, exc)
 
         return handle
 
@@ -81,26 +104,27 @@ def install_fhir_error_handler(app: FastAPI) -> None:
     app.add_exception_handler(StoreError, on_store_error)
 
 
-def _no_constants(_name: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
 async def read_json(request: Request) -> Any:
-    """The request body as JSON: 415 for another media type, 413 when too large, 400 when not JSON."""
+    """The request body as JSON: 415 for another media type, 413 when over the route's limit (before
+    reading it, or as soon as the bytes read pass it), 400 when not JSON or past the shape limits
+    (gateway/security/limits.py)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in _JSON_TYPES:
         raise StoreError("the body must be FHIR JSON (application/fhir+json)", status=415,
                          issue_code="not-supported")
-    declared = request.headers.get("content-length", "0")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise StoreError("request body too large", status=413, issue_code="too-costly")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise StoreError("request body too large", status=413, issue_code="too-costly")
-    try:
-        return json.loads(raw, parse_constant=_no_constants)
-    except ValueError:
-        raise StoreError("the body is not valid JSON", status=400, issue_code="structure") from None
+    limits = limits_of(request.scope)
+    cap = body_limit(limits, request.method, request.scope.get("path", "")) or limits.body_bytes
+    declared = declared_length(request.scope)
+    if declared is not None and declared > cap:
+        raise BodyTooLarge(cap)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(cap)
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks), limits)
 
 
 def strict_handling(request: Request) -> bool:

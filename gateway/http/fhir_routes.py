@@ -55,7 +55,9 @@ from gateway.http.fhir_io import (
     strict_handling,
     version_headers,
 )
-from gateway.http.visibility import check_bundle_reads, view_of
+from gateway.http.visibility import check_bundle_reads, scoped_bundle, view_of
+from gateway.security.boundary import boundary_of
+from gateway.security.limits import check_param_count, limits_of, query_param_count
 
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -67,11 +69,15 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/") + base_path
 
-    def write(inter: Interaction) -> Result:
+    def write(inter: Interaction, request: Request) -> Result:
+        """One REST write, asked of the caller's boundary (gateway/security/boundary.py) like a Bundle entry."""
+        guard = boundary_of(request, get_store())
         check(inter)
+        guard.prepare(inter)
         get_store().check_write(inter.resource)
         with get_store().writing() as writer:
             resolve(writer, inter)
+            guard.check(writer, inter)
             return execute(writer, inter)
 
     def written(request: Request, result: Result) -> Response:
@@ -92,7 +98,9 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
     async def bundle(request: Request) -> Response:
         body = await read_json(request)
         check_bundle_reads(request, body)
-        return _respond(await run_in_threadpool(process_bundle, get_store(), body, base(request)))
+        guard = boundary_of(request, get_store())
+        response = await run_in_threadpool(process_bundle, get_store(), body, base(request), guard)
+        return _respond(scoped_bundle(guard, response))
 
     @router.get("/{rtype}/_history")
     def type_history(rtype: str, request: Request) -> Response:
@@ -111,7 +119,10 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         if media != "application/x-www-form-urlencoded":
             raise StoreError("_search takes application/x-www-form-urlencoded", status=415,
                              issue_code="not-supported")
-        form = parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        raw = await request.body()  # within PIVOT_HTTP_MAX_FORM_BYTES (gateway/security/limits.py)
+        counted = query_param_count(raw) + query_param_count(request.scope.get("query_string", b""))
+        check_param_count(counted, limits_of(request.scope))
+        form = parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
         params = request.query_params.multi_items() + form
         return await run_in_threadpool(_search, rtype, params, request)
 
@@ -142,14 +153,14 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         none_exist = request.headers.get("if-none-exist")
         criteria = parse_criteria(none_exist) if none_exist else None
         inter = Interaction("POST", rtype, resource=body, if_none_exist=criteria)
-        return written(request, await run_in_threadpool(write, inter))
+        return written(request, await run_in_threadpool(write, inter, request))
 
     @router.put("/{rtype}/{rid}")
     async def update(rtype: str, rid: str, request: Request) -> Response:
         _known(rtype)
         body = await read_json(request)
         inter = Interaction("PUT", rtype, rid, resource=body, if_match=parse_if_match(request.headers.get("if-match")))
-        return written(request, await run_in_threadpool(write, inter))
+        return written(request, await run_in_threadpool(write, inter, request))
 
     @router.put("/{rtype}")
     async def conditional_update(rtype: str, request: Request) -> Response:
@@ -157,19 +168,19 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         body = await read_json(request)
         inter = Interaction("PUT", rtype, params=request.query_params.multi_items(), resource=body,
                             if_match=parse_if_match(request.headers.get("if-match")))
-        return written(request, await run_in_threadpool(write, inter))
+        return written(request, await run_in_threadpool(write, inter, request))
 
     @router.delete("/{rtype}/{rid}")
     def delete(rtype: str, rid: str, request: Request) -> Response:
         inter = Interaction("DELETE", rtype, rid, if_match=parse_if_match(request.headers.get("if-match")))
-        result = write(inter)
+        result = write(inter, request)
         assert result.outcome is not None
         text = "deleted" if result.outcome.changed else "already deleted"
         return _respond(operation_outcome("information", "informational", text), 200,
                         version_headers(result.outcome.version, result.outcome.lu_ms))
 
-    @router.api_route("", methods=_ALL_METHODS)
-    @router.api_route("/{rest:path}", methods=_ALL_METHODS)
+    @router.api_route("", methods=_ALL_METHODS, include_in_schema=False)  # not an API: the 405/404 answers
+    @router.api_route("/{rest:path}", methods=_ALL_METHODS, include_in_schema=False)
     def fallback(request: Request, rest: str = "") -> Response:
         head, _, tail = rest.partition("/")
         if head[:1].isupper() and not supported(head):

@@ -21,9 +21,16 @@ a request without one (no organisation, PIVOT_AUTH=none) reads the store directl
   reading every match): ``_summary=count`` answers a Bundle without a total. Deletions in a
   history have no content to judge and are left out.
 - types never about a client (Organization, Practitioner, Location…) pass unchanged, totals
-  included.
+  included; a Subscription is read like a resource about a client, visible to its owner only
+  (``subscription-owner``: its criteria and events are about that organisation's clients).
 - a batch or transaction with a read (GET entry) is a 403 for such a client: Bundle reads are not
   filtered, the REST interactions above are.
+- for every caller (organisation-scoped or not), an ``_include``d or ``_revinclude``d resource is
+  returned only when the token's scopes let it read that type (an Encounter-only token never
+  receives Patients), also in a batch's search entries (:func:`scoped_bundle`).
+
+The decisions are :class:`~gateway.security.boundary.Boundary`'s (the one decision point); this
+module applies them to the store's reads.
 
 A refilled page may read many store rows when the client sees few of the matches (each client's
 answer is computed once per request); narrow searches (``patient=…``) stay cheap.
@@ -40,11 +47,12 @@ from starlette.requests import Request
 
 from gateway.errors import StoreError
 from gateway.fhirstore import FhirStore
-from gateway.fhirstore.careteam import Audience, CareTeamRule, about_clients
+from gateway.fhirstore.careteam import about_clients as _about_clients
 from gateway.fhirstore.extract import extract
 from gateway.fhirstore.query import MAX_COUNT, PageToken, Params, Query, parse_history, parse_search
 from gateway.fhirstore.search import Entry, Page
 from gateway.fhirstore.writer import check_type
+from gateway.security.boundary import Boundary, boundary_of
 from gateway.security.middleware import STATE_AUDIENCE, STATE_WITHHELD
 
 WITHHELD = "withheld by the care-team and consent rule"
@@ -65,16 +73,29 @@ class StoreView(Protocol):
 
 
 def view_of(request: Request, store: FhirStore) -> StoreView:
-    """The store as the caller of ``request`` may read it (the store itself without an audience)."""
-    audience = getattr(request.state, STATE_AUDIENCE, None)
-    if not isinstance(audience, Audience):
+    """The store as the caller of ``request`` may read it (the store itself without a guard)."""
+    boundary = boundary_of(request, store)
+    if boundary.principal is None:
         return store
-    return Visibility(store, audience, lambda why: setattr(request.state, STATE_WITHHELD, why))
+    if boundary.audience is None:
+        return ScopedReads(store, boundary)
+    return Visibility(store, boundary, lambda why: setattr(request.state, STATE_WITHHELD, why))
+
+
+def scoped_bundle(boundary: Boundary, response: Any) -> Any:
+    """A batch/transaction response without the included entries the caller's scopes do not cover."""
+    for entry in response.get("entry") or [] if isinstance(response, dict) else []:
+        inner = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(inner, dict) and inner.get("resourceType") == "Bundle" and inner.get("entry"):
+            inner["entry"] = [e for e in inner["entry"] if (e.get("search") or {}).get("mode") != "include"
+                              or boundary.visible(e.get("resource"), str((e.get("resource") or {}).get(
+                                  "resourceType", "")))]
+    return response
 
 
 def check_bundle_reads(request: Request, bundle: Any) -> None:
     """403 when an organisation-scoped client puts a read (GET entry) in a batch or transaction."""
-    if not isinstance(getattr(request.state, STATE_AUDIENCE, None), Audience) or not isinstance(bundle, dict):
+    if getattr(request.state, STATE_AUDIENCE, None) is None or not isinstance(bundle, dict):
         return
     entries = bundle.get("entry")
     for entry in entries if isinstance(entries, list) else []:
@@ -82,6 +103,11 @@ def check_bundle_reads(request: Request, bundle: Any) -> None:
         if isinstance(request_part, dict) and str(request_part.get("method", "")).upper() in ("GET", "HEAD"):
             raise StoreError("an organisation-scoped client reads with the REST interactions, not in a Bundle",
                              status=403, issue_code="forbidden")
+
+
+def about_clients(rtype: str) -> bool:
+    """The types read through the rule: those about clients, and Subscriptions (each organisation's own)."""
+    return rtype == "Subscription" or _about_clients(rtype)
 
 
 def _not_found(what: str = "resource") -> StoreError:
@@ -107,21 +133,40 @@ def _batch_params(params: Params, count: int, token: PageToken | None, *, search
     return out
 
 
-class Visibility:
-    """The store as one audience may read it, for one request (answers per client are memoised)."""
+class ScopedReads:
+    """The store for a caller without organisation: everything, but included types need their scope."""
 
-    def __init__(self, store: FhirStore, audience: Audience,
+    def __init__(self, store: FhirStore, boundary: Boundary) -> None:
+        self.store = store
+        self.boundary = boundary
+
+    def read(self, rtype: str, rid: str) -> Entry:
+        return self.store.read(rtype, rid)
+
+    def vread(self, rtype: str, rid: str, version: str) -> Entry:
+        return self.store.vread(rtype, rid, version)
+
+    def search(self, rtype: str, params: Params, *, strict: bool = False) -> tuple[Query, Page]:
+        q, page = self.store.search(rtype, params, strict=strict)
+        page.included = [e for e in page.included if self.boundary.may_read_type(e.rtype)]
+        return q, page
+
+    def history(self, rtype: str, rid: str | None, params: Params, *, strict: bool = False) -> tuple[Query, Page]:
+        return self.store.history(rtype, rid, params, strict=strict)
+
+
+class Visibility:
+    """The store as one organisation-scoped caller may read it, for one request (answers memoised)."""
+
+    def __init__(self, store: FhirStore, boundary: Boundary,
                  on_withheld: Callable[[str], None] | None = None) -> None:
         self.store = store
-        self.audience = audience
-        self.rule = CareTeamRule(store, memo=True)
+        self.boundary = boundary
         self._on_withheld = on_withheld
 
     def sees(self, resource: dict[str, Any] | None, rtype: str) -> bool:
-        """May the audience see this resource (None: a deleted version, visible only if not about a client)?"""
-        if resource is None:
-            return not about_clients(rtype)
-        return self.rule.allowed(self.audience, resource)
+        """May the caller see this resource (None: a deleted version, visible only if not about a client)?"""
+        return self.boundary.sees(resource, rtype)
 
     def _withheld(self, what: str = "resource") -> StoreError:
         # 404, not 403: a 403 would tell the caller that this client's record exists here
@@ -167,7 +212,7 @@ class Visibility:
     def search(self, rtype: str, params: Params, *, strict: bool = False) -> tuple[Query, Page]:
         if not about_clients(rtype):
             q, page = self.store.search(rtype, params, strict=strict)
-            page.included = [e for e in page.included if self.sees(e.resource, e.rtype)]
+            page.included = [e for e in page.included if self.boundary.visible(e.resource, e.rtype)]
             return q, page
         check_type(rtype)
         q = parse_search(rtype, params, strict=strict)
@@ -229,6 +274,6 @@ class Visibility:
         out: dict[tuple[str, str], Entry] = {}
         for e in page.included:
             ref = (e.rtype, e.id)
-            if ref in wanted and ref not in matched and ref not in out and self.sees(e.resource, e.rtype):
+            if ref in wanted and ref not in matched and ref not in out and self.boundary.visible(e.resource, e.rtype):
                 out[ref] = e
         return list(out.values())

@@ -30,8 +30,9 @@ __all__ = ["Duplicate", "IdentityResolver"]
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """A possible-duplicate pair: the Flag id, both Patient ids, the identifier systems of each
-    person's site records (never values), whether each has a NAM, and since when (event time)."""
+    """A possible-duplicate Flag (one per record, gateway/identity/clusters.py): the Flag id, the
+    record (``patient_a``) and the look-alike it names (``patient_b``), the identifier systems of
+    each person's site records (never values), whether each has a NAM, and since when (event time)."""
 
     flag_id: str
     patient_a: str

@@ -31,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
     actions = ident.add_subparsers(dest="identity_action", required=True)
     dup = actions.add_parser("duplicates", help="list possible duplicates (same name, birth date and sex, "
                                                 "not both with a NAM): never merged automatically")
-    dup.add_argument("--all", action="store_true", help="include pairs already resolved (merged, linked, disproved)")
+    dup.add_argument("--all", action="store_true", help="include Flags already resolved (merged, linked, disproved)")
     dup.add_argument("--json", action="store_true", help="one JSON object per line")
     actions.add_parser("rebuild", help="rebuild the identity index by resolving the hl7v2.in log again "
                                        "(stop the gateway first)")
@@ -58,7 +58,7 @@ def _duplicates(gateway: Gateway, *, include_resolved: bool, as_json: bool) -> i
     if not found:
         print("no possible duplicates")
         return 0
-    print(f"{'flag':<32}  {'status':<8}  {'patient A':<32}  {'patient B':<32}  since / sites (A | B)")
+    print(f"{'flag':<32}  {'status':<8}  {'record':<32}  {'look-alike':<32}  since / sites (A | B)")
     for dup in found:
         status = "open" if dup.active else "resolved"
         sites = f"{_sites(dup.sites_a, dup.nam_a)} | {_sites(dup.sites_b, dup.nam_b)}"

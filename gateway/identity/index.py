@@ -10,8 +10,12 @@ One SQLite file (``<data_dir>/identity.sqlite``, mode 0600, WAL) or an in-memory
 - ``resource``: the last published version of every resource that belongs to a person (Patient
   records, Encounters, Conditions, RelatedPersons, possible-duplicate Flags), with the event time
   (epoch ms of EVN-2, else MSH-7) of the message that last changed it: what stale-write checks
-  compare and what a link or a merge re-publishes under the survivor.
-- ``demo``: per active person, the digest of its demographic key (never names or dates).
+  compare and what a link or a merge re-publishes under the survivor; ``times``: the event time of
+  each of its elements (units, mappings/merge.py) as last said by any message, a ``""`` included,
+  what per-element survivorship compares (README.md, "Survivorship").
+- ``cluster``: per active person with a complete demographic key, the key's digest (never names
+  or dates), whether it has a NAM, and whether its possible-duplicate Flag is open: look-alikes
+  (same digest) form one cluster (README.md, "Possible duplicates").
 - ``dup``: possible-duplicate pairs (the Flag id, both persons, active or resolved).
 - ``journal``: per source message (sender|MSH-10), the resources a link or merge re-published, so
   that mapping the same message again re-publishes their current versions (idempotent output).
@@ -47,18 +51,19 @@ CREATE TABLE IF NOT EXISTS ident (person TEXT NOT NULL, key TEXT NOT NULL, is_ke
   body TEXT NOT NULL, PRIMARY KEY (person, key));
 CREATE UNIQUE INDEX IF NOT EXISTS ident_key ON ident(key) WHERE is_key = 1;
 CREATE TABLE IF NOT EXISTS resource (rtype TEXT NOT NULL, id TEXT NOT NULL, person TEXT NOT NULL,
-  event_ms INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (rtype, id));
+  event_ms INTEGER NOT NULL, body TEXT NOT NULL, times TEXT, PRIMARY KEY (rtype, id));
 CREATE INDEX IF NOT EXISTS resource_person ON resource(person, rtype);
-CREATE TABLE IF NOT EXISTS demo (person TEXT PRIMARY KEY, digest TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS demo_digest ON demo(digest);
+CREATE TABLE IF NOT EXISTS cluster (person TEXT PRIMARY KEY, digest TEXT NOT NULL, nam INTEGER NOT NULL,
+  flagged INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS cluster_nam ON cluster(digest, nam);
+CREATE INDEX IF NOT EXISTS cluster_flagged ON cluster(digest, flagged);
 CREATE TABLE IF NOT EXISTS dup (id TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, active INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS dup_a ON dup(a);
 CREATE INDEX IF NOT EXISTS dup_b ON dup(b);
 CREATE TABLE IF NOT EXISTS journal (message TEXT NOT NULL, rtype TEXT NOT NULL, id TEXT NOT NULL,
   PRIMARY KEY (message, rtype, id));
 CREATE TABLE IF NOT EXISTS provenance (id TEXT PRIMARY KEY, refs TEXT NOT NULL);
 """
-_TABLES = ("person", "ident", "resource", "demo", "dup", "journal", "provenance")
+_TABLES = ("person", "ident", "resource", "cluster", "dup", "journal", "provenance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class Stored:
     person: str
     event_ms: int
     body: JSON
+    times: dict[str, int] | None = None  # per element; None: keep what is stored (a re-publication)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +120,9 @@ class IdentityIndex:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             walcheckpoint.watch(self._conn, self._path)
         self._conn.executescript(_SCHEMA)
+        columns = {str(row[1]) for row in self._conn.execute("PRAGMA table_info(resource)")}
+        if "times" not in columns:  # an index from before element times: they start from event_ms
+            self._conn.execute("ALTER TABLE resource ADD COLUMN times TEXT")
         self._lock = threading.RLock()
         self._closed = False
 
@@ -201,9 +210,11 @@ class IdentityIndex:
 
     # -- published resources ---------------------------------------------------------------------
     def resource(self, rtype: str, rid: str) -> Stored | None:
-        row = self._conn.execute("SELECT person, event_ms, body FROM resource WHERE rtype = ? AND id = ?",
+        row = self._conn.execute("SELECT person, event_ms, body, times FROM resource WHERE rtype = ? AND id = ?",
                                  (rtype, rid)).fetchone()
-        return None if row is None else Stored(rtype, rid, row[0], int(row[1]), json.loads(row[2]))
+        if row is None:
+            return None
+        return Stored(rtype, rid, row[0], int(row[1]), json.loads(row[2]), json.loads(row[3]) if row[3] else {})
 
     def resources_of(self, person: str, rtype: str | None = None) -> list[Stored]:
         """The person's resources (of one type), by type and id. Sorted here, not in SQL: an
@@ -222,27 +233,52 @@ class IdentityIndex:
         return sorted(str(r[0]) for r in rows)
 
     def put_resource(self, stored: Stored) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO resource(rtype, id, person, event_ms, body) VALUES (?,?,?,?,?)",
-                           (stored.rtype, stored.id, stored.person, stored.event_ms, _dump(stored.body)))
+        """Write ``stored``; its element times too, unless ``times`` is None (kept as stored)."""
+        times = None if stored.times is None else json.dumps(stored.times, separators=(",", ":"))
+        self._conn.execute(
+            "INSERT INTO resource(rtype, id, person, event_ms, body, times) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(rtype, id) DO UPDATE SET person = excluded.person, event_ms = excluded.event_ms, "
+            "body = excluded.body, times = coalesce(excluded.times, resource.times)",
+            (stored.rtype, stored.id, stored.person, stored.event_ms, _dump(stored.body), times))
 
     # -- demographic keys and possible duplicates ------------------------------------------------
-    def set_digest(self, person: str, digest: str | None) -> None:
-        if digest is None:
-            self._conn.execute("DELETE FROM demo WHERE person = ?", (person,))
-        else:
-            self._conn.execute("INSERT OR REPLACE INTO demo(person, digest) VALUES (?, ?)", (person, digest))
+    def member(self, person: str) -> tuple[str, bool, bool] | None:
+        """(digest, has a NAM, Flag open) of a cluster member, None when in no cluster."""
+        row = self._conn.execute("SELECT digest, nam, flagged FROM cluster WHERE person = ?", (person,)).fetchone()
+        return None if row is None else (str(row[0]), bool(row[1]), bool(row[2]))
 
-    def digest(self, person: str) -> str | None:
-        row = self._conn.execute("SELECT digest FROM demo WHERE person = ?", (person,)).fetchone()
-        return None if row is None else str(row[0])
+    def join(self, person: str, digest: str, nam: bool) -> None:
+        """``person`` is in the cluster ``digest`` (its join order, the rowid, is kept on updates)."""
+        self._conn.execute(
+            "INSERT INTO cluster(person, digest, nam, flagged) VALUES (?,?,?,0) ON CONFLICT(person) DO UPDATE "
+            "SET nam = excluded.nam, flagged = CASE WHEN digest = excluded.digest THEN flagged ELSE 0 END, "
+            "digest = excluded.digest", (person, digest, int(nam)))
 
-    def same_digest(self, digest: str) -> list[str]:
-        rows = self._conn.execute("SELECT person FROM demo WHERE digest = ? ORDER BY person", (digest,))
-        return [str(r[0]) for r in rows]
+    def leave(self, person: str) -> None:
+        self._conn.execute("DELETE FROM cluster WHERE person = ?", (person,))
 
-    def pairs_of(self, person: str) -> list[Pair]:
-        rows = self._conn.execute("SELECT id, a, b, active FROM dup WHERE a = ? OR b = ? ORDER BY id",
-                                  (person, person))
+    def set_flagged(self, person: str, flagged: bool) -> None:
+        self._conn.execute("UPDATE cluster SET flagged = ? WHERE person = ?", (int(flagged), person))
+
+    def partner(self, digest: str, person: str, *, without_nam: bool) -> str | None:
+        """The earliest other member of the cluster (without a NAM, or any): two index probes."""
+        found: list[tuple[int, str]] = []
+        for nam in (0,) if without_nam else (0, 1):
+            row = self._conn.execute("SELECT rowid, person FROM cluster WHERE digest = ? AND nam = ? AND person != ? "
+                                     "ORDER BY rowid LIMIT 1", (digest, nam, person)).fetchone()
+            if row is not None:
+                found.append((int(row[0]), str(row[1])))
+        return min(found)[1] if found else None
+
+    def unflagged(self, digest: str, person: str, *, without_nam: bool) -> list[str]:
+        """Members of the cluster (without a NAM, or any) other than ``person`` whose Flag is not open."""
+        rows = self._conn.execute("SELECT person, nam FROM cluster WHERE digest = ? AND flagged = 0 AND person != ? "
+                                  "ORDER BY rowid", (digest, person))
+        return [str(p) for p, nam in rows if not (without_nam and nam)]
+
+    def flags_naming(self, person: str) -> list[Pair]:
+        """Open possible-duplicate Flags whose other record is ``person``."""
+        rows = self._conn.execute("SELECT id, a, b, active FROM dup WHERE b = ? AND active = 1 ORDER BY id", (person,))
         return [Pair(str(i), str(a), str(b), bool(act)) for i, a, b, act in rows]
 
     def pair(self, pair_id: str) -> Pair | None:

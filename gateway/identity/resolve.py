@@ -8,8 +8,10 @@
 2. each MRG (A40/A34) → the records it names are merged into the group's person (:meth:`_merge`);
 3. references to the mapped Patients are rewritten to the persons; cancels become reversals of
    the stored Encounter; person-scoped resources older than what was applied are dropped;
-4. the person's Patient is rebuilt: demographics of the newest message, every identifier, links;
-5. possible duplicates (same demographic digest, not two NAMs) open or close a Flag;
+4. the person's Patient: per element the newest statement of any message or site (survivorship.py),
+   every identifier, links; the other person-scoped resources are merged the same way;
+5. possible duplicates: the person joins the cluster of its look-alikes (same demographic digest,
+   not two NAMs), at most one Flag per record (clusters.py);
 6. what links and merges re-published is journaled under the message, so a second resolution of
    the same message publishes the same resources again.
 """
@@ -22,10 +24,10 @@ from datetime import datetime
 from typing import Any
 
 from gateway.errors import Location, MapError
-from gateway.identity import bodies
-from gateway.identity.index import IdentityIndex, Pair, Stored
+from gateway.identity import bodies, survivorship
+from gateway.identity.clusters import Clusters
+from gateway.identity.index import IdentityIndex, Stored
 from gateway.identity.keys import (
-    demographic_digest,
     is_identity_key,
     is_nam,
     is_valid_nam,
@@ -33,8 +35,8 @@ from gateway.identity.keys import (
     nam_person_id,
     ordered,
 )
-from gateway.identity.reversal import CANCELS, carry_forward, matches_cancel, reverse
-from mappings import MapResult, stable_id
+from gateway.identity.reversal import CANCELS, matches_cancel, reverse
+from mappings import MapResult, merge, stable_id
 from mappings.datatypes.identifiers import NAM_SYSTEM
 from mappings.pharmacy import PHARMACY_TRIGGERS
 from mappings.segments.patient import patient_key
@@ -73,8 +75,10 @@ class Resolution:
         self.refs: dict[str, str] = {}
         self.side: dict[tuple[str, str], JSON] = {}
         self.main: dict[tuple[str, str], JSON] = {}
-        self.inherited: dict[str, Stored] = {}
+        self.inherited: dict[str, list[Stored]] = {}
         self.groups: list[tuple[JSON, str]] = []
+        self.clusters = Clusters(index, self._publish, event_time=result.event_time, event_ms=self.ev or 0,
+                                 meta=self.meta, control_id=result.control_id)
 
     # -- the steps ---------------------------------------------------------------------------------
     def run(self) -> MapResult:
@@ -93,6 +97,7 @@ class Resolution:
         persons = list(dict.fromkeys(self.ix.final(p) for _m, p in self.groups))
         for person in persons:
             self._patient(person)
+            self._unsent_kin(person)
         for person in persons:
             self._duplicates(person)
         for res in others:
@@ -250,8 +255,8 @@ class Resolution:
         snapshot = [body for _k, _key, body in self.ix.identifiers(other)]
         self.ix.move_identifiers(other, survivor)
         self.ix.retire(other, survivor)
-        if other in self.inherited:
-            self._inherit(survivor, self.inherited.pop(other))
+        for record in self.inherited.pop(other, []):
+            self._inherit(survivor, record)
         own_record = False
         for stored in self.ix.resources_of(other):
             if stored.rtype == "Flag":
@@ -270,17 +275,13 @@ class Resolution:
             if self.meta:
                 base["meta"] = self.meta
             self._publish(Stored("Patient", other, survivor, self.ev or 0, bodies.retired_patient(base, survivor)))
-        self.ix.set_digest(other, None)
-        for pair in self.ix.pairs_of(other):
-            if pair.active:
-                self._close_pair(pair)
+        self.clusters.leave(other)
         log.info("identity: patient %s joined %s (trigger=%s control_id=%s)", other, survivor, self.trigger,
                  self.result.control_id)
 
     def _inherit(self, person: str, stored: Stored) -> None:
-        current = self.inherited.get(person)
-        if current is None or stored.event_ms > current.event_ms:
-            self.inherited[person] = stored
+        """A record ``person`` absorbed: its elements join the person's Patient (each at its own time)."""
+        self.inherited.setdefault(person, []).append(stored)
 
     def _publish(self, stored: Stored) -> None:
         """A resource re-published because of a link or merge (journaled under this message)."""
@@ -289,21 +290,26 @@ class Resolution:
         self.side[(stored.rtype, stored.id)] = stored.body
 
     def _provenance(self, prov: JSON) -> JSON:
-        """The Provenance with its targets as the message was first resolved (history, not state)."""
+        """The Provenance with its targets as the message was first resolved (history, not state),
+        and which elements the message said about each of them (survivorship.asserted)."""
         first = self.ix.provenance_refs(prov["id"])
         if first is None:
             targets = {ref["reference"] for ref in bodies.references(prov.get("target") or [])}
             first = {src: dst for src, dst in self.refs.items() if src in targets and src != dst}
             self.ix.put_provenance_refs(prov["id"], first)
+        said = survivorship.asserted(self.result.resources, self.result.nulls)
+        if said:
+            prov = {**prov, "extension": [*(prov.get("extension") or []), *said]}
         return bodies.rewrite(prov, first)
 
     # -- resources of a person ---------------------------------------------------------------------
-    def _stale(self, stored: Stored | None) -> bool:
-        return stored is not None and self.ev is not None and self.ev < stored.event_ms
+    def _nulls(self, mapped: JSON) -> list[str]:
+        return list(self.result.nulls.get(f"{mapped['resourceType']}/{mapped['id']}", []))
 
     def _dependent(self, mapped: JSON) -> None:
-        """An Encounter, Condition, RelatedPerson…: references to the person, cancels as reversals,
-        and dropped when older than what was applied (README.md, "Stale writes")."""
+        """An Encounter, Condition, RelatedPerson, pharmacy resource…: references to the person,
+        cancels as reversals, merged element by element onto the stored version (survivorship.py);
+        dropped when older than what was applied and changing nothing (README.md, "Survivorship")."""
         res = bodies.rewrite(mapped, self.refs)
         owners = bodies.patient_refs(res)
         if not owners:
@@ -311,22 +317,38 @@ class Resolution:
             return
         person = self.ix.final(owners[0])
         rtype = res["resourceType"]
+        whole = False
         if rtype == "Encounter" and self.trigger in CANCELS:
             target = self.ix.resource("Encounter", res["id"]) or self._cancel_target(person, res)
             if target is not None:
                 if target.id != res["id"]:
                     self.refs[f"Encounter/{res['id']}"] = f"Encounter/{target.id}"
-                res = reverse(self.trigger, target.body, res)
-        stored = self.ix.resource(rtype, res["id"])
-        if rtype == "Encounter" and stored is not None:
-            res = carry_forward(res, stored.body)
-        if self._stale(stored):
+                res, whole = reverse(self.trigger, target.body, res), True
+        kept = survivorship.resource(self.ix, res, self._nulls(mapped), self.ev, self.trigger, whole=whole)
+        if not kept.publish:
             log.info("identity: stale %s %s dropped (trigger=%s control_id=%s)", rtype, res["id"], self.trigger,
                      self.result.control_id)
             return
-        when = self.ev if self.ev is not None else (stored.event_ms if stored else 0)
-        self.ix.put_resource(Stored(rtype, res["id"], person, when, res))
-        self.main[(rtype, res["id"])] = res
+        self.ix.put_resource(Stored(rtype, res["id"], person, kept.event_ms, kept.body, kept.times))
+        self.main[(rtype, res["id"])] = kept.body
+
+    def _unsent_kin(self, person: str) -> None:
+        """NK1 is a repeating set: a message that sends NK1s replaces the set its site sent before;
+        the person's RelatedPersons of that site it no longer lists become inactive (per element, so
+        only when the message is the newest word on them). Other sites' kin are never touched."""
+        sent = {r["id"] for r in self.result.resources if r["resourceType"] == "RelatedPerson"}
+        if not sent or self.meta is None:
+            return
+        site = str(self.meta.get("source", "")).split("#", 1)[0]
+        for stored in self.ix.resources_of(person, "RelatedPerson"):
+            source = str((stored.body.get("meta") or {}).get("source", "")).split("#", 1)[0]
+            if stored.id in sent or stored.body.get("active") is False or source != site:
+                continue
+            gone = {"resourceType": "RelatedPerson", "id": stored.id, "meta": self.meta, "active": False}
+            kept = survivorship.resource(self.ix, gone, [], self.ev, self.trigger)
+            if kept.publish and kept.body.get("active") is False:
+                self.ix.put_resource(Stored("RelatedPerson", stored.id, person, kept.event_ms, kept.body, kept.times))
+                self.main[("RelatedPerson", stored.id)] = kept.body
 
     def _cancel_target(self, person: str, cancel: JSON) -> Stored | None:
         """The visit a cancel without visit number names: the person's latest matching Encounter."""
@@ -337,68 +359,28 @@ class Resolution:
         return max(candidates, key=lambda s: (s.event_ms, s.id)) if candidates else None
 
     def _patient(self, person: str) -> None:
-        """The person's Patient: demographics of the newest source (this message, the stored
-        version, or a record it absorbed), every identifier, ``replaces`` links."""
-        mapped = next(m for m, p in reversed(self.groups) if self.ix.final(p) == person)
+        """The person's Patient: per element, the newest statement across this message, the stored
+        version and the records it absorbed (survivorship.py); every identifier; ``replaces`` links."""
+        mapped = [(m, self._nulls(m)) for m, p in self.groups if self.ix.final(p) == person]
         stored = self.ix.resource("Patient", person)
-        best_ms, base, fresh = self.ev, mapped, True
-        if stored is not None and self.result.message_code.strip().upper() in PHARMACY_TRIGGERS:
-            # a pharmacy knows the person by NAM (often with little else): it adds identifiers but
-            # never replaces the demographics a site registered
-            best_ms, base, fresh = stored.event_ms, stored.body, False
-        for candidate in (stored, self.inherited.get(person)):
-            if candidate is not None and best_ms is not None and candidate.event_ms > best_ms:
-                best_ms, base, fresh = candidate.event_ms, candidate.body, False
+        pharmacy = self.result.message_code.strip().upper() in PHARMACY_TRIGGERS
+        kept = survivorship.person(self.ix, person, mapped, self.ev, pharmacy=pharmacy,
+                                   inherited=self.inherited.get(person, []))
         row = self.ix.person(person)
         identifiers = ordered([body for _k, _key, body in self.ix.identifiers(person)], row.key if row else "")
         retired = [rid for rid in self.ix.record_ids(person) if rid != person]
-        body = bodies.person_patient(base, person, identifiers, retired)
-        if not fresh and stored is not None and body == stored.body:
+        body = bodies.person_patient(kept.body, person, identifiers, retired)
+        changed = stored is None or merge.content(body) != merge.content(stored.body)
+        if not (changed or kept.publish):
             return
-        when = best_ms if best_ms is not None else (stored.event_ms if stored else 0)
-        self.ix.put_resource(Stored("Patient", person, person, when, body))
+        self.ix.put_resource(Stored("Patient", person, person, kept.event_ms, body, kept.times))
         self.main[("Patient", person)] = body
 
     # -- possible duplicates -----------------------------------------------------------------------
     def _duplicates(self, person: str) -> None:
-        """Open a Flag per other active person with the same demographic digest (unless both have a
-        NAM: two NAMs are two people); close the person's pairs that no longer hold."""
+        """The person into its look-alike cluster (clusters.py): at most one Flag per record."""
         current = self.main.get(("Patient", person))
         if current is None:
             stored = self.ix.resource("Patient", person)
             current = stored.body if stored is not None else {}
-        digest = demographic_digest(current)
-        self.ix.set_digest(person, digest)
-        for pair in self.ix.pairs_of(person):
-            other = pair.b if pair.a == person else pair.a
-            if pair.active and not self._candidates(person, other, digest):
-                self._close_pair(pair)
-        if digest is None:
-            return
-        for other in self.ix.same_digest(digest):
-            if self._candidates(person, other, digest):
-                a, b = sorted((person, other))
-                flag_id = stable_id("Flag", "possible-duplicate", a, b)
-                existing = self.ix.pair(flag_id)
-                if existing is None or not existing.active:
-                    self._open_pair(Pair(flag_id, a, b, True))
-
-    def _candidates(self, person: str, other: str, digest: str | None) -> bool:
-        if other == person or self.ix.final(other) != other or digest is None or self.ix.digest(other) != digest:
-            return False
-        return self._nam_of(person) is None or self._nam_of(other) is None
-
-    def _open_pair(self, pair: Pair) -> None:
-        self.ix.put_pair(pair)
-        flag = bodies.duplicate_flag(pair.id, pair.a, pair.b, active=True, since=self.result.event_time, until="",
-                                     meta=self.meta)
-        self._publish(Stored("Flag", pair.id, pair.a, self.ev or 0, flag))
-        log.info("identity: possible duplicate %s opened (control_id=%s)", pair.id, self.result.control_id)
-
-    def _close_pair(self, pair: Pair) -> None:
-        self.ix.put_pair(Pair(pair.id, pair.a, pair.b, False))
-        stored = self.ix.resource("Flag", pair.id)
-        since = str((stored.body.get("period") or {}).get("start", "")) if stored else ""
-        flag = bodies.duplicate_flag(pair.id, pair.a, pair.b, active=False, since=since,
-                                     until=self.result.event_time, meta=self.meta)
-        self._publish(Stored("Flag", pair.id, pair.a, self.ev or 0, flag))
+        self.clusters.place(person, current, self._nam_of(person) is not None)

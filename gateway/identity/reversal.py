@@ -4,7 +4,8 @@ HL7 v2.5 chapter 3: a cancel reverses one earlier event; other changes travel in
 the resolver knows the Encounter (same id, or the person's latest matching visit at the same site
 when the cancel has no visit number), only the reversal is applied to it:
 
-- A11 (cancels an A01/A04/A05 admit or visit): ``status`` cancelled, every location ``completed``.
+- A11 (cancels an A01/A04/A05 admit or visit): ``status`` cancelled (entered-in-error when the
+  visit had already finished), every location ``completed``.
 - A13 (cancels an A03 discharge): ``status`` back to the cancel's (in-progress), ``period.end``
   and the discharge disposition removed, the current location active again.
 - A12 (cancels an A02 transfer): the location is the one before the transfer, active (the A12's
@@ -35,8 +36,8 @@ def reverse(trigger: str, stored: JSON, cancel: JSON) -> JSON:
     out: JSON = clone(stored)
     if "meta" in cancel:
         out["meta"] = clone(cancel["meta"])
-    if trigger == "A11":
-        out["status"] = "cancelled"
+    if trigger == "A11":  # a visit that already ended was not cancelled: it was entered in error
+        out["status"] = "entered-in-error" if stored.get("status") == "finished" else "cancelled"
         for loc in out.get("location") or []:
             loc["status"] = "completed"
     elif trigger == "A13":
@@ -76,17 +77,6 @@ def _cancel_transfer(out: JSON, cancel: JSON) -> None:
     if restored is not None:
         restored["status"] = "active"
         out["location"] = [restored]
-
-
-def carry_forward(encounter: JSON, stored: JSON) -> JSON:
-    """A new version of an Encounter keeps the stored ``period.start`` when its message has none
-    (an A03 or A08 without PV1-44 maps no start: a whole-resource PUT must not erase the arrival)."""
-    start = (stored.get("period") or {}).get("start")
-    if not start or (encounter.get("period") or {}).get("start"):
-        return encounter
-    out: JSON = clone(encounter)
-    out["period"] = {"start": start, **(out.get("period") or {})}
-    return out
 
 
 def matches_cancel(trigger: str, encounter: JSON, cancel: JSON) -> bool:

@@ -4,6 +4,8 @@
     GET /metrics                                   metrics.r
     POST /hl7v2                                    hl7v2.c
     …$defi-sante-enroll, …$defi-sante-disenroll    defi-sante.c (granted by defi-sante.write)
+    …$defi-sante-candidates, …$defi-sante-outcomes, GET /fhir/Group/defi-sante
+                                                   defi-sante.r (the program's views; Patient.rs is not enough)
     other paths naming defi-sante / defisante      defi-sante.r (GET) or .c (other methods)
     GET /fhir/T, /fhir/T/_search, /fhir/T/_history T.s        POST /fhir/T/_search   T.s
     GET /fhir/T/id[/_history[/vid]]                T.r        POST /fhir/T           T.c
@@ -26,6 +28,8 @@ OPEN_PATHS = frozenset({"/healthz", "/auth/token", "/auth/jwks", "/.well-known/s
                         "/fhir/.well-known/smart-configuration", "/fhir/metadata"})
 DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
 DEFI_SANTE_OPERATIONS = ("$defi-sante-enroll", "$defi-sante-disenroll")
+DEFI_SANTE_VIEWS = ("$defi-sante-candidates", "$defi-sante-outcomes")
+PROGRAM_GROUP = "/fhir/Group/defi-sante"
 FULL = "cruds"
 
 
@@ -68,6 +72,13 @@ def classify(method: str, path: str) -> Route:
     if any(op in path for op in DEFI_SANTE_OPERATIONS):
         op = next(op for op in DEFI_SANTE_OPERATIONS if op in path)
         return Route((Access("defi-sante", "c"),), audit=AuditKind("operation", "E", rid=op))
+    if any(op in path for op in DEFI_SANTE_VIEWS):
+        op = next(op for op in DEFI_SANTE_VIEWS if op in path)
+        letter = "r" if method in ("GET", "HEAD") else "c"
+        return Route((Access("defi-sante", letter),), audit=AuditKind("operation", "E", rid=op))
+    if path == PROGRAM_GROUP:
+        letter = "r" if method in ("GET", "HEAD") else "c"
+        return Route((Access("defi-sante", letter),), audit=AuditKind("read", "R", "Group", "defi-sante"))
     if path == "/metrics":
         return Route((Access("metrics", "r"),))
     if path == "/hl7v2":

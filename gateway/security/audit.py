@@ -79,6 +79,11 @@ def patients_of(resource: Any, out: dict[str, None]) -> None:
         return
     if rtype == "Patient" and isinstance(resource.get("id"), str):
         out[f"Patient/{resource['id']}"] = None
+    if rtype == "AuditEvent":  # reading the trail is an access to the clients it names
+        for entity in resource.get("entity") or []:
+            ref = _patient_ref(entity.get("what")) if isinstance(entity, dict) else None
+            if ref is not None:
+                out[ref] = None
     for name in _PATIENT_FIELDS:
         value = resource.get(name)
         for item in value if isinstance(value, list) else [value]:

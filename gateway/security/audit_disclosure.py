@@ -35,7 +35,8 @@ SYSTEM_AGENT = "pivot"
 SYSTEM_AGENT_SYSTEM = "urn:pivot:system"  # not a client id: the gateway acting on its own
 EXPORT = "110106"
 _REFERENCE = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}(/_history/[0-9]{1,12})?")
-_ACTION = {"alert": "C", "notification": "R"}
+_ACTION = {"alert": "C", "notification": "R", "careteam-change": "U"}  # careteam-change: audit_careteam.py
+_DONE = {"alert": "raised", "careteam-change": "changed"}
 JSON = dict[str, Any]
 
 
@@ -83,7 +84,7 @@ def build_disclosure_event(rec: DisclosureRecord) -> tuple[JSON, list[str]]:
         "action": _ACTION.get(rec.subtype, "E"),
         "recorded": rec.recorded or now_iso(),
         "outcome": "4" if rec.error else "0",
-        "outcomeDesc": rec.error or ("raised" if rec.subtype == "alert" else "accepted"),
+        "outcomeDesc": rec.error or _DONE.get(rec.subtype, "accepted"),
         "agent": [
             {"type": {"coding": [_coding(DCM, "110153", "Source Role ID")]},
              "who": {"identifier": {"system": SYSTEM_AGENT_SYSTEM, "value": SYSTEM_AGENT}, "display": SYSTEM_AGENT},

@@ -218,17 +218,9 @@ def _settle(future: Future[str], value: str = "", error: BaseException | None = 
 
 
 def query_audit(path: Path, *, patient: str = "", since: str = "", limit: int = 10000) -> list[dict[str, Any]]:
-    """AuditEvents naming ``patient`` (``Patient/x`` or ``x``) recorded at or after ``since`` (ISO)."""
-    conn = open_audit_db(path, readonly=True)
-    try:
-        if patient:
-            ref = patient if patient.startswith("Patient/") else f"Patient/{patient}"
-            rows = conn.execute("SELECT a.body FROM audit a JOIN audit_patient p ON p.seq = a.seq "
-                                "WHERE p.patient = ? AND a.recorded >= ? ORDER BY a.seq LIMIT ?",
-                                (ref, since, limit)).fetchall()
-        else:
-            rows = conn.execute("SELECT body FROM audit WHERE recorded >= ? ORDER BY seq LIMIT ?",
-                                (since, limit)).fetchall()
-    finally:
-        conn.close()
-    return [json.loads(body) for (body,) in rows]
+    """AuditEvents naming ``patient`` (``Patient/x`` or ``x``) recorded at or after ``since`` (ISO),
+    oldest first: the same query as ``GET /fhir/AuditEvent`` (audit_search.py)."""
+    from gateway.security.audit_search import search_audit, since_query
+
+    _total, events, _next = search_audit(path, since_query(patient, since, limit))
+    return events

@@ -3,7 +3,7 @@
 Clients file (``PIVOT_AUTH_CLIENTS_FILE``), JSON::
 
     {"clients": [{"client_id": "hsa-er", "scopes": ["system/hl7v2.c"],
-                  "facilities": ["HSA"], "messages": ["adt"],
+                  "facilities": ["CSSS-SOMMETS-HSA"], "authorities": ["HSA"], "messages": ["adt"],
                   "jwks": {"keys": [<public JWK>, …]},          # SMART client assertion keys
                   "certificate_cns": ["hsa-er.sommets.example"]},  # MLLP client certificates
                  {"client_id": "ehr-gmf-12", "scopes": ["system/*.rs"],
@@ -17,7 +17,8 @@ token, so the file never holds a usable token::
 
 ``facilities`` are MSH-4 namespace ids the client may send for; ``messages`` are message kinds
 (``adt``, ``pharmacy``, or a message code such as ``ORU``); ``"*"`` allows any. A client without
-``facilities`` may send nothing.
+``facilities`` may send nothing. ``authorities`` adds assigning authorities (CX-4) whose patient and
+visit identifiers the client may write, beyond those of its facilities (gateway/security/authorities.py).
 
 ``organization`` (an Organization id) makes the client organisation-scoped: on top of its scopes,
 every FHIR read, vread, history, search and ``_include`` about a client (a Patient, or a resource
@@ -25,7 +26,9 @@ whose ``patient``/``subject`` is one) passes the care-team and consent rule of t
 (``gateway/fhirstore/careteam.py``): that Organization must be in one of the client's active
 CareTeams — or the entry says ``"program_wide": true`` — and no active Consent of the client may
 deny it. What it may not see is a 404, searches list only what it may see
-(``gateway/http/visibility.py``). A client without ``organization`` (hospital IT, the gateway's own
+(``gateway/http/visibility.py``); the same boundary (``gateway/security/boundary.py``) bounds its
+writes, the Défi Santé operations, the console and its Subscriptions (owner and program-wide flag
+are set from this entry). A client without ``organization`` (hospital IT, the gateway's own
 system clients) reads whatever its scopes allow. The entry that authenticated the request decides:
 a static token's own secrets-file entry; for a SMART token of ours, or an external issuer's JWT,
 the clients-file entry of its client id.
@@ -56,6 +59,7 @@ class Client:
     certificate_cns: tuple[str, ...] = ()
     organization: str = ""  # an Organization id: reads limited by the care-team and consent rule
     program_wide: bool = False  # with ``organization``: no care-team membership needed (consent still applies)
+    authorities: frozenset[str] = frozenset()  # assigning authorities it may write, beyond its facilities'
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +114,13 @@ def _client(item: Any, setting: str, client_id: str | None = None) -> Client:
         raise ConfigError(f"invalid setting {setting}: jwks of client {cid!r} must be {{\"keys\": [...]}}")
     if any("d" in k for k in keys):
         raise ConfigError(f"invalid setting {setting}: client {cid!r} has a private key in its jwks")
+    org, wide = _organization(item, cid, setting)
     return Client(cid, _strings(item.get("scopes"), f"scopes of {cid!r}", setting),
                   frozenset(_strings(item.get("facilities"), f"facilities of {cid!r}", setting)),
                   frozenset(m.lower() for m in _strings(item.get("messages"), f"messages of {cid!r}", setting)),
                   tuple(keys), _strings(item.get("certificate_cns"), f"certificate_cns of {cid!r}", setting),
-                  *_organization(item, cid, setting))
+                  org, wide,
+                  frozenset(_strings(item.get("authorities"), f"authorities of {cid!r}", setting)))
 
 
 def _read_json(path: Path, setting: str) -> Any:

@@ -5,12 +5,16 @@
             ─ Authorization: Bearer … valid? ──✗── 401 OperationOutcome + WWW-Authenticate
             ─ every access of the request in the scopes? ──✗── 403 OperationOutcome (insufficient_scope)
             ─ app (client id in ``request.state.pivot_client_id``; an organisation-scoped client's
-                   Audience in ``pivot_audience``, which the FHIR reads apply: gateway/http/visibility.py)
+                   Audience in ``pivot_audience``, the Principal in ``pivot_principal``: every route
+                   asks gateway/security/boundary.py what this caller may see or change)
             ─ audited route? response held until its AuditEvent is durable (else 503)
 
 Denials on audited routes are audited too, and so are reads the care-team rule withheld (the
 app notes why in ``pivot_withheld``; the AuditEvent's outcomeDesc carries it). A bundle's accesses
-are read from its body (kept and replayed to the app). Nothing here logs a token, a header value
+are read from its body (kept and replayed to the app), read within the request limits first
+(gateway/security/limits.py; a client without write scopes may send a batch of reads only: 403
+past PIVOT_HTTP_MAX_FORM_BYTES, without reading further); every other body is read by the app,
+behind the limits middleware, after the scope check. Nothing here logs a token, a header value
 or a body.
 """
 
@@ -23,11 +27,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from gateway.envelope import now_iso
+from gateway.errors import StoreError
 from gateway.fhirstore.careteam import Audience
 from gateway.security.access import Access, Route, bundle_accesses, classify
 from gateway.security.audit import AccessRecord
+from gateway.security.audit_careteam import ACTING_CLIENT
 from gateway.security.clients import Principal
-from gateway.security.scopes import permits, required_scope
+from gateway.security.limits import BodyTooLarge, Limits, check_json_shape, read_capped
+from gateway.security.scopes import PSEUDO_RESOURCES, permits, required_scope
 from gateway.security.verify import Unauthorized
 
 if TYPE_CHECKING:
@@ -42,9 +49,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 STATE_CLIENT_ID = "pivot_client_id"
 STATE_AUDIENCE = "pivot_audience"  # an Audience: the caller's organisation (absent: unrestricted reads)
 STATE_WITHHELD = "pivot_withheld"  # set by the app when the care-team rule withheld what was asked
+STATE_PRINCIPAL = "pivot_principal"  # the Principal: scopes and registration (gateway/security/boundary.py)
 ENDPOINT_PATHS = frozenset({"/auth/token", "/auth/jwks", "/.well-known/smart-configuration",
                             "/fhir/.well-known/smart-configuration"})
-MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+_WRITE_LETTERS = frozenset("cud")
 _REALM = 'Bearer realm="pivot"'
 
 
@@ -76,6 +84,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, security: Security) -> None:
         self.app = app
         self.security = security
+        self.limits = Limits.of(security.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -101,12 +110,11 @@ class SecurityMiddleware:
             return
         accesses = route.accesses
         if route.bundle:
-            body = await _read_body(receive)
-            if body is None:
-                await _send_outcome(send, 413, "too-costly", "request body too large")
+            read = await self._read_bundle(scope, receive, send, route, principal, address)
+            if read is None:
                 return
-            accesses = bundle_accesses(body)
-            receive = _replay(body, receive)
+            accesses = bundle_accesses(read)
+            receive = _replay(read, receive)
         missing = [a for a in accesses if not _allowed(principal, a)]
         if missing:
             need = " ".join(required_scope(a.rtype, a.letters) for a in missing[:5])
@@ -117,12 +125,40 @@ class SecurityMiddleware:
         # the sender identity of POST /hl7v2: empty for the anonymous principal of PIVOT_AUTH=none
         state = scope.setdefault("state", {})
         state[STATE_CLIENT_ID] = principal.client_id if principal.method != "none" else ""
+        state[STATE_PRINCIPAL] = principal
         if principal.organization and principal.method != "none":
             state[STATE_AUDIENCE] = Audience(principal.organization, principal.program_wide)
-        if route.audit is None:
-            await self.app(scope, receive, send)
-            return
-        await self._audited(scope, receive, send, route, principal, address)
+        acting = ACTING_CLIENT.set(state[STATE_CLIENT_ID])  # who changed a CareTeam (audit_careteam.py)
+        try:
+            if route.audit is None:
+                await self.app(scope, receive, send)
+                return
+            await self._audited(scope, receive, send, route, principal, address)
+        finally:
+            ACTING_CLIENT.reset(acting)
+
+    async def _read_bundle(self, scope: Scope, receive: Receive, send: Send, route: Route, principal: Principal,
+                           address: str) -> bytes | None:
+        """A Bundle's body, read within the limits (gateway/security/limits.py) before its accesses
+        are parsed from it; None once refused: 413 past PIVOT_HTTP_MAX_BUNDLE_BYTES, 400 past the
+        JSON shape limits, and 403 past PIVOT_HTTP_MAX_FORM_BYTES for a client without write scopes
+        (it may send a batch of reads only) — the last two without reading past the limit."""
+        writer = _may_write(principal)
+        limit = self.limits.bundle_bytes if writer else self.limits.form_bytes
+        try:
+            body = await read_capped(scope, receive, limit)
+            check_json_shape(body, self.limits)
+            return body
+        except BodyTooLarge as exc:
+            if writer:
+                await _send_outcome(send, exc.status, exc.issue_code, exc.message)
+                return None
+            text = f"insufficient scope: a Bundle over {limit} bytes needs write scopes (a batch of reads is smaller)"
+            await self._deny(scope, route, send, 403, "forbidden", text, address, principal.client_id,
+                             {"WWW-Authenticate": f'{_REALM}, error="insufficient_scope"'})
+        except StoreError as exc:
+            await _send_outcome(send, exc.status, exc.issue_code, exc.message)
+        return None
 
     async def _authenticate(self, scope: Scope) -> Principal:
         authn = self.security.authenticator
@@ -182,21 +218,9 @@ def _allowed(principal: Principal, access: Access) -> bool:
     return all(permits(principal.scopes, access.rtype, letter) for letter in access.letters)
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = bytes(message.get("body", b""))
-        size += len(chunk)
-        if size > MAX_BUNDLE_BYTES:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+def _may_write(principal: Principal) -> bool:
+    """True when a scope of ``principal`` grants a create, update or delete on some resource type."""
+    return any(scope.letters & _WRITE_LETTERS and scope.rtype not in PSEUDO_RESOURCES for scope in principal.scopes)
 
 
 def _replay(body: bytes, upstream: Receive) -> Receive:

@@ -9,8 +9,9 @@
 
 Letters are SMART v2 (c create, r read, u update, d delete, s search); the v1 suffixes ``read``
 (= rs), ``write`` (= cud) and ``*`` (= cruds) are accepted. ``*`` names every FHIR resource type
-but none of the pseudo-resources above (``hl7v2``, ``defi-sante``, ``metrics``): those are
-granted only by name. Scopes with a query (``system/Observation.rs?category=…``), and ``user/``
+but AuditEvent (``system/AuditEvent.rs``: the audit trail, a privacy officer's) and none of the
+pseudo-resources above (``hl7v2``, ``defi-sante``, ``metrics``): those are granted only by name.
+Scopes with a query (``system/Observation.rs?category=…``), and ``user/``
 or ``patient/`` scopes, grant nothing here (no user or patient context on this server).
 """
 
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 
 INTERACTION_LETTERS = {"create": "c", "read": "r", "update": "u", "delete": "d", "search": "s"}
 PSEUDO_RESOURCES = frozenset({"hl7v2", "defi-sante", "metrics"})
+# FHIR types that ``*`` does not name either: the audit trail says who looked at which client (a
+# privacy officer's record), so ``system/AuditEvent.rs`` is granted only by name
+NAMED_ONLY = PSEUDO_RESOURCES | {"AuditEvent"}
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"system/(?P<rtype>\*|[A-Za-z][A-Za-z0-9-]*)\.(?P<perm>[cruds]+|read|write|\*)")
 
@@ -36,7 +40,7 @@ class Scope:
         if letter not in self.letters:
             return False
         if self.rtype == "*":
-            return rtype not in PSEUDO_RESOURCES
+            return rtype not in NAMED_ONLY
         return self.rtype == rtype
 
 

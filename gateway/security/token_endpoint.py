@@ -7,12 +7,15 @@
     GET  /.well-known/smart-configuration, /fhir/.well-known/smart-configuration
 
 The assertion is checked against the public keys registered for the client in the clients file:
-``iss`` = ``sub`` = client id, ``aud`` = our token URL (``PIVOT_AUTH_TOKEN_URL``, else the URL as
-called), ``exp`` at most 5 minutes ahead, ``jti`` never seen before (replays refused), alg RS384,
-ES384 or RS256. The access token granted is an ES384 JWT with the requested scopes the client is
-registered for, valid ``PIVOT_AUTH_TOKEN_LIFETIME_S``, signed by a P-384 key kept under the data
-dir (``auth-signing-key.pem``, 0600, created on first start). Errors are RFC 6749 JSON
-(``invalid_client``, ``invalid_scope``, ``unsupported_grant_type``, ``invalid_request``).
+``iss`` = ``sub`` = client id, ``aud`` = our token URL as configured (``PIVOT_AUTH_TOKEN_URL``,
+required with ``smart``: never taken from the request's Host, which the client chooses; the
+discovery documents name that URL too), ``exp`` at most 5 minutes ahead, ``jti`` never seen
+before (replays refused), alg RS384, ES384 or RS256. The access token granted is an ES384 JWT
+with the requested scopes the client is registered for, valid ``PIVOT_AUTH_TOKEN_LIFETIME_S``,
+signed by a P-384 key kept under the data dir (``auth-signing-key.pem``, 0600, created on first
+start). Errors are RFC 6749 JSON
+(``invalid_client``, ``invalid_scope``, ``unsupported_grant_type``, ``invalid_request``); a form
+over PIVOT_HTTP_MAX_FORM_BYTES is refused before it is read past that (``invalid_request``, 413).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
+from gateway.eventlog.embedded import private_dir
 from gateway.security.clients import ClientRegistry
+from gateway.security.limits import BodyTooLarge, read_capped
 from gateway.security.scopes import narrow
 from gateway.security.verify import ALGORITHMS, LEEWAY_S
 
@@ -49,7 +54,7 @@ def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
         key = ec.generate_private_key(ec.SECP384R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(pem)
@@ -72,8 +77,9 @@ class _Refused(Exception):
 class TokenIssuer:
     """Verifies client assertions and issues short-lived access tokens."""
 
-    def __init__(self, registry: ClientRegistry, key: ec.EllipticCurvePrivateKey, *, lifetime_s: int = 300,
-                 token_url: str = "", clock: Any = time.time) -> None:
+    def __init__(self, registry: ClientRegistry, key: ec.EllipticCurvePrivateKey, *, token_url: str,
+                 lifetime_s: int = 300, clock: Any = time.time) -> None:
+        """``token_url``: PIVOT_AUTH_TOKEN_URL, the one ``aud`` client assertions must name."""
         self.registry = registry
         self.key = key
         self.public_key = key.public_key()
@@ -88,13 +94,13 @@ class TokenIssuer:
         self.kid = _thumbprint(jwk)
         self.jwk = {**jwk, "kid": self.kid, "alg": "ES384", "use": "sig"}
 
-    def grant(self, form: dict[str, str], called_url: str) -> dict[str, Any]:
+    def grant(self, form: dict[str, str]) -> dict[str, Any]:
         """The token response for a client-credentials form; _Refused when not granted."""
         if form.get("grant_type") != "client_credentials":
             raise _Refused("unsupported_grant_type", "only client_credentials is supported")
         if form.get("client_assertion_type") != ASSERTION_TYPE or not form.get("client_assertion"):
             raise _Refused("invalid_request", "a private_key_jwt client assertion is required")
-        client_id = self._check_assertion(form["client_assertion"], called_url)
+        client_id = self._check_assertion(form["client_assertion"])
         client = self.registry.get(client_id)
         assert client is not None
         scopes = narrow(form.get("scope", ""), client.scopes)
@@ -107,7 +113,7 @@ class TokenIssuer:
         return {"access_token": token, "token_type": "bearer", "expires_in": self.lifetime_s,
                 "scope": " ".join(scopes)}
 
-    def _check_assertion(self, assertion: str, called_url: str) -> str:
+    def _check_assertion(self, assertion: str) -> str:
         try:
             header = jwt.get_unverified_header(assertion)
             unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -122,11 +128,10 @@ class TokenIssuer:
             raise _Refused("invalid_client", "assertion algorithm not accepted", 401)
         kid = header.get("kid")
         candidates = [k for k in client.jwks if kid is None or k.get("kid") == kid]
-        audiences = [a for a in (self.token_url, called_url) if a]
         for data in candidates:
             try:
                 key = jwt.PyJWK(data, algorithm=str(alg))
-                claims = jwt.decode(assertion, key, algorithms=[str(alg)], audience=audiences, issuer=client_id,
+                claims = jwt.decode(assertion, key, algorithms=[str(alg)], audience=self.token_url, issuer=client_id,
                                     leeway=LEEWAY_S, options={"require": ["exp", "iss", "sub", "aud", "jti"]})
             except (jwt.PyJWTError, ValueError):
                 continue
@@ -146,7 +151,9 @@ class TokenIssuer:
                 raise _Refused("invalid_client", "assertion already used (jti replay)", 401)
             self._seen[jti] = exp
 
-    def smart_configuration(self, token_url: str) -> dict[str, Any]:
+    def smart_configuration(self) -> dict[str, Any]:
+        """The discovery document: configured URLs only (nothing taken from the request)."""
+        token_url = self.token_url
         return {"token_endpoint": token_url, "grant_types_supported": ["client_credentials"],
                 "token_endpoint_auth_methods_supported": ["private_key_jwt"],
                 "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
@@ -155,23 +162,24 @@ class TokenIssuer:
                 "capabilities": ["client-confidential-asymmetric"], "jwks_uri": token_url.replace("/token", "/jwks")}
 
 
-def token_router(issuer: TokenIssuer) -> Router:
-    """The Starlette routes of the token endpoint and the SMART discovery documents."""
-
-    def _token_url(request: Request) -> str:
-        return issuer.token_url or str(request.base_url).rstrip("/") + "/auth/token"
+def token_router(issuer: TokenIssuer, *, max_form_bytes: int = _MAX_FORM_BYTES) -> Router:
+    """The Starlette routes of the token endpoint and the SMART discovery documents (a form over
+    ``max_form_bytes``, PIVOT_HTTP_MAX_FORM_BYTES, is refused without being read further)."""
 
     async def token(request: Request) -> Response:
         headers = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-        body = await request.body()
+        try:
+            body = await read_capped(request.scope, request.receive, max_form_bytes)
+        except BodyTooLarge:
+            return JSONResponse({"error": "invalid_request", "error_description": "form too large"},
+                                status_code=413, headers=headers)
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/x-www-form-urlencoded" or len(body) > _MAX_FORM_BYTES:
+        if media != "application/x-www-form-urlencoded":
             return JSONResponse({"error": "invalid_request", "error_description": "send a form (x-www-form-"
                                  "urlencoded)"}, status_code=400, headers=headers)
         form = dict(parse_qsl(body.decode("utf-8", "replace")))
-        called = str(request.url).split("?")[0]
         try:
-            answer = issuer.grant(form, called)
+            answer = issuer.grant(form)
         except _Refused as exc:
             return JSONResponse({"error": exc.error, "error_description": exc.description},
                                 status_code=exc.status, headers=headers)
@@ -180,8 +188,8 @@ def token_router(issuer: TokenIssuer) -> Router:
     async def jwks(_request: Request) -> Response:
         return JSONResponse({"keys": [issuer.jwk]})
 
-    async def configuration(request: Request) -> Response:
-        return JSONResponse(issuer.smart_configuration(_token_url(request)))
+    async def configuration(_request: Request) -> Response:
+        return JSONResponse(issuer.smart_configuration())
 
     return Router(routes=[
         Route("/auth/token", token, methods=["POST"]),

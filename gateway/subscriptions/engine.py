@@ -46,7 +46,7 @@ from gateway.fhirstore.match import Matcher
 from gateway.fhirstore.query import Params
 from gateway.fhirstore.search import read_current
 from gateway.security.audit_disclosure import notification_disclosure
-from gateway.subscriptions.authz import CareTeamAuthorizer, clients_of
+from gateway.subscriptions.authz import UNREACHABLE, CareTeamAuthorizer, clients_of, unreachable
 from gateway.subscriptions.channel import Channel, RetryPolicy
 from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused, Resolver, system_resolver
 from gateway.subscriptions.model import CONTENTS, SubscriptionInvalid, SubscriptionSpec, parse_subscription
@@ -163,7 +163,14 @@ class SubscriptionEngine:
             params = [("_count", "1000"), ("_total", "none"), ("_page", page.next.encode())]
 
     def check_write(self, resource: JSON) -> None:
-        """The store write check of Subscriptions: 422 when notifications may not go to the endpoint."""
+        """The store write check of Subscriptions: 422 when notifications may not go to the endpoint,
+        or could never go anywhere (no owner, not program-wide: authz.UNREACHABLE)."""
+        try:
+            spec: SubscriptionSpec | None = parse_subscription(resource, self.topics)
+        except SubscriptionInvalid:
+            spec = None  # stored, then set to error by _apply (the reason in Subscription.error)
+        if spec is not None and unreachable(spec):
+            raise StoreError(UNREACHABLE, status=422, issue_code="invalid")
         channel = resource.get("channel")
         endpoint = channel.get("endpoint") if isinstance(channel, dict) else None
         if endpoint is None:

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.errors import StoreError
 from gateway.http.fhir_io import FhirRoute, fhir_response, read_json
-from gateway.security.middleware import STATE_AUDIENCE
+from gateway.security.boundary import boundary_of
 from gateway.subscriptions.engine import SubscriptionEngine
 
 _INPUTS = ("eventsSinceNumber", "eventsUntilNumber", "content")
@@ -59,19 +59,21 @@ def make_subscription_router(get_engine: Callable[[], SubscriptionEngine], *, ba
         return str(request.base_url).rstrip("/") + base_path
 
     async def check_owner(sid: str, request: Request) -> None:
-        audience = getattr(request.state, STATE_AUDIENCE, None)
-        if audience is None or audience.organization is None or audience.program_wide:
+        boundary = boundary_of(request, get_engine().store)  # gateway/security/boundary.py, rule 5
+        if boundary.program_wide:
             return
-        if not await run_in_threadpool(get_engine().owned_by, sid, audience.organization):
+        if not await run_in_threadpool(get_engine().owned_by, sid, boundary.organization):
             raise StoreError(f"Subscription/{sid} not found", status=404, issue_code="not-found")
 
-    @router.api_route("/Subscription/{sid}/$status", methods=["GET", "POST"])
+    @router.get("/Subscription/{sid}/$status")
+    @router.post("/Subscription/{sid}/$status")  # two routes, not one api_route: one OpenAPI operation id each
     async def status(sid: str, request: Request) -> Response:
         await _inputs(request)
         await check_owner(sid, request)
         return fhir_response(await run_in_threadpool(get_engine().status, sid, base(request)))
 
-    @router.api_route("/Subscription/{sid}/$events", methods=["GET", "POST"])
+    @router.get("/Subscription/{sid}/$events")
+    @router.post("/Subscription/{sid}/$events")  # two routes, not one api_route: one OpenAPI operation id each
     async def events(sid: str, request: Request) -> Response:
         inputs = await _inputs(request)
         await check_owner(sid, request)

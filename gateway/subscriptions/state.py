@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.eventlog.embedded import private_dir
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS subs (id TEXT PRIMARY KEY, started_ms INTEGER NOT NULL,
   last_number INTEGER NOT NULL DEFAULT 0, acked INTEGER NOT NULL DEFAULT 0,
@@ -58,7 +60,7 @@ class DeliveryState:
     """Thread-safe access to ``subscriptions.sqlite``."""
 
     def __init__(self, path: Path, keep: int = 10_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
         self.keep = keep
         self._lock = threading.Lock()

@@ -125,7 +125,7 @@ ALL_CODEMAPS = (
     "administrative-sex", "patient-class", "patient-class-status", "event-encounter-status",
     "identifier-type", "relationship", "marital-status", "name-use", "address-use", "address-type",
     "telecom-use", "telecom-equipment", "diagnosis-type", "language", "admit-source", "discharge-disposition",
-    "contact-role",
+    "contact-role", "diagnosis-action", "encounter-priority", "mode-of-arrival",
 )
 
 

@@ -4,6 +4,8 @@ from gateway.hl7v2.tokenizer import Message
 from mappings.messages.engine import map_message
 from mappings.messages.tables import STRUCTURES, SUPPORTED, MessageMap, message_map
 from mappings.pharmacy import check_pharmacy_supported, is_pharmacy
+from mappings.pharmacy.messages import structure_of
+from mappings.structure import check_structure
 
 
 def check_supported(msg: Message) -> None:
@@ -16,4 +18,12 @@ def check_supported(msg: Message) -> None:
     message_map(msg)
 
 
-__all__ = ["STRUCTURES", "SUPPORTED", "MessageMap", "check_supported", "map_message", "message_map"]
+def check_required(msg: Message, relax: frozenset[str] = frozenset()) -> None:
+    """StructureError (ACK AE/CE) when a supported message lacks a segment (100) or field (101) its
+    structure requires (codemaps/required-structure.json); ``relax``: the sender profile's waivers."""
+    structure = structure_of(msg).name if is_pharmacy(msg) else message_map(msg).structure
+    check_structure(msg, structure, msg.trigger.strip().upper(), relax)
+
+
+__all__ = ["STRUCTURES", "SUPPORTED", "MessageMap", "check_required", "check_supported", "map_message",
+           "message_map"]

@@ -19,16 +19,18 @@ from gateway.hl7v2.tokenizer import Message, Segment
 from mappings.context import MapContext, MapResult
 from mappings.datatypes.entities import sender_organization
 from mappings.datatypes.primitives import value
-from mappings.messages.tables import ALWAYS_READ, NO_ENCOUNTER, message_map
+from mappings.messages.tables import ALWAYS_READ, NO_ENCOUNTER, VISIT_NUMBER_REQUIRED, message_map
 from mappings.pharmacy import is_pharmacy, map_pharmacy
 from mappings.segments import (
     Env,
     dg1_to_condition,
     encounter_diagnosis,
     link_general_practitioners,
+    listed_in_diagnosis,
     meta_source,
     mrg_to_retired_patient,
     msh_to_provenance,
+    nk1_to_contact_organization,
     nk1_to_related_person,
     pd1_to_general_practitioners,
     pid_to_patient,
@@ -36,7 +38,18 @@ from mappings.segments import (
     pv2_to_encounter,
     record_id,
 )
+from mappings.segments.nulls import (
+    DG1_CONDITION,
+    NK1_RELATED,
+    PD1_PATIENT,
+    PID_PATIENT,
+    PV1_ENCOUNTER,
+    PV2_ENCOUNTER,
+    FieldPaths,
+    explicit_nulls,
+)
 from mappings.segments.provenance import event_instant
+from mappings.structure import check_structure
 from mappings.validation import validate_all
 
 JSON = dict[str, Any]
@@ -64,7 +77,15 @@ class _Build:
     resources: list[JSON] = field(default_factory=list)
     group: _Group | None = None
     unmapped: list[str] = field(default_factory=list)
+    nulls: dict[str, list[str]] = field(default_factory=dict)
     z_segments: list[Segment] = field(default_factory=list)
+
+    def nulled(self, resource: JSON, seg: Segment, table: FieldPaths) -> None:
+        """Record the fields of ``seg`` sent as ``""`` against ``resource`` (MapResult.nulls)."""
+        paths = explicit_nulls(seg, table)
+        if paths:
+            known = self.nulls.setdefault(f"{resource['resourceType']}/{resource['id']}", [])
+            known.extend(p for p in paths if p not in known)
 
     def need_group(self, seg: Segment) -> _Group:
         if self.group is None:  # a PD1/PV1/… before any PID
@@ -76,6 +97,7 @@ def _pid(b: _Build, seg: Segment) -> None:
     patient = pid_to_patient(seg, b.env)
     b.group = _Group(patient, record_id(patient["identifier"]) or patient["id"])
     b.resources.append(patient)
+    b.nulled(patient, seg, PID_PATIENT)
 
 
 def _pd1(b: _Build, seg: Segment) -> None:
@@ -83,25 +105,33 @@ def _pd1(b: _Build, seg: Segment) -> None:
     found = pd1_to_general_practitioners(seg, b.env)
     link_general_practitioners(group.patient, found)
     b.resources.extend(found)
+    b.nulled(group.patient, seg, PD1_PATIENT)
 
 
 def _nk1(b: _Build, seg: Segment) -> None:
     group = b.need_group(seg)
     group.nk1_count += 1
     person = nk1_to_related_person(seg, b.env, group.patient["id"], group.nk1_count, group.record)
+    organization = nk1_to_contact_organization(seg, b.env)  # NK1-13: Patient.contact.organization
+    if organization is not None:
+        group.patient.setdefault("contact", []).append(organization[0])
+        b.resources.append(organization[1])
     if person is not None:
         b.resources.append(person)
+        b.nulled(person, seg, NK1_RELATED)
 
 
 def _pv1(b: _Build, seg: Segment) -> None:
     group = b.need_group(seg)
-    if not b.map_encounter or group.encounter is not None:
+    if not b.map_encounter or group.encounter is not None or (
+            b.env.trigger in VISIT_NUMBER_REQUIRED and not value(seg.get(19, 1))):  # an update names no visit
         b.unmapped.append(seg.id)
         return
     built = pv1_to_encounter(seg, b.env, group.patient["id"], b.event_time, _PERIOD_RULES.get(b.env.trigger, ""),
                              group.record)
     group.encounter = built[0]
     b.resources.extend(built)
+    b.nulled(built[0], seg, PV1_ENCOUNTER)
 
 
 def _pv2(b: _Build, seg: Segment) -> None:
@@ -110,6 +140,7 @@ def _pv2(b: _Build, seg: Segment) -> None:
         b.unmapped.append(seg.id)
         return
     pv2_to_encounter(seg, group.encounter)
+    b.nulled(group.encounter, seg, PV2_ENCOUNTER)
 
 
 def _dg1(b: _Build, seg: Segment) -> None:
@@ -118,9 +149,11 @@ def _dg1(b: _Build, seg: Segment) -> None:
     encounter = group.encounter
     built = dg1_to_condition(seg, b.env, group.patient["id"], encounter["id"] if encounter else None,
                              group.dg1_count, group.record)
-    if built and encounter is not None:
+    if built and encounter is not None and listed_in_diagnosis(built[0]):
         encounter.setdefault("diagnosis", []).append(encounter_diagnosis(seg, built[0]))
     b.resources.extend(built)
+    if built:
+        b.nulled(built[0], seg, DG1_CONDITION)
 
 
 def _mrg(b: _Build, seg: Segment) -> None:
@@ -166,13 +199,15 @@ def _ordered(resources: list[JSON]) -> list[JSON]:
 def map_message(msg: Message, ctx: MapContext) -> MapResult:
     """Map one supported message to validated FHIR R4 resources (a pure function of msg and ctx).
 
-    Raises UnsupportedError (type/trigger), MapError (100 missing PID, 101 missing required value,
-    102 unreadable date/time) or ValidateError.
+    Raises UnsupportedError (type/trigger), StructureError (100/101: a segment or field the
+    structure requires, mappings/structure.py), MapError (100 missing PID, 101 missing required
+    value, 102 unreadable date/time) or ValidateError.
     """
     if is_pharmacy(msg):
         return map_pharmacy(msg, ctx)
     mmap = message_map(msg)
     trigger = _trigger(msg)
+    check_structure(msg, mmap.structure, trigger, ctx.profile.relax)
     env = Env(msg=msg, zone=ctx.profile.zone, systems=ctx.systems, site=ctx.profile.site or msg.sending_facility,
               trigger=trigger)
     if msg.first("PID") is None:
@@ -202,4 +237,4 @@ def map_message(msg: Message, ctx: MapContext) -> MapResult:
     return MapResult(resources=resources, patient_id=patients[0]["id"] if patients else None,
                      unmapped_segments=list(dict.fromkeys(b.unmapped)), message_code=msg.message_code,
                      trigger=msg.trigger, sender=msg.sender, control_id=msg.control_id,
-                     event_time=event_instant(msg, env))
+                     event_time=event_instant(msg, env), nulls=b.nulls, warnings=list(env.warnings))

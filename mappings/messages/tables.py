@@ -24,7 +24,8 @@ class MessageMap:
     segments: dict[str, str]
 
 
-def _load() -> tuple[dict[str, dict[str, str]], dict[str, MessageMap], frozenset[str], frozenset[str]]:
+def _load() -> tuple[dict[str, dict[str, str]], dict[str, MessageMap], frozenset[str], frozenset[str],
+                     frozenset[str]]:
     data: dict[str, Any] = load_json("messages.json")
     messages, structures = data.get("messages"), data.get("structures")
     if not isinstance(messages, dict) or not isinstance(structures, dict):
@@ -38,10 +39,10 @@ def _load() -> tuple[dict[str, dict[str, str]], dict[str, MessageMap], frozenset
         if not isinstance(triggers, dict) or any(s not in maps for s in triggers.values()):
             raise ConfigError(f"messages.json: message {code} names an unknown structure")
     return (messages, maps, frozenset(data.get("no_encounter_triggers", [])),
-            frozenset(data.get("always_read", [])))
+            frozenset(data.get("always_read", [])), frozenset(data.get("visit_number_required", [])))
 
 
-SUPPORTED, STRUCTURES, NO_ENCOUNTER, ALWAYS_READ = _load()
+SUPPORTED, STRUCTURES, NO_ENCOUNTER, ALWAYS_READ, VISIT_NUMBER_REQUIRED = _load()
 
 
 def message_map(msg: Message) -> MessageMap:

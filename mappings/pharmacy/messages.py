@@ -50,8 +50,10 @@ from mappings.segments import (
     msh_to_provenance,
     pd1_to_general_practitioners,
 )
+from mappings.segments.nulls import PD1_PATIENT, PID_PATIENT, explicit_nulls
 from mappings.segments.patient import pid_to_patient
 from mappings.segments.provenance import event_instant, recorded
+from mappings.structure import check_structure
 from mappings.validation import validate_all
 
 JSON = dict[str, Any]
@@ -264,6 +266,7 @@ def map_pharmacy(msg: Message, ctx: MapContext) -> MapResult:
     DIN) or ValidateError. Errors name segments and fields, never values.
     """
     structure = structure_of(msg)
+    check_structure(msg, structure.name, msg.trigger.strip().upper(), ctx.profile.relax)
     _triggers, _structures, always = messages()
     env = Env(msg=msg, zone=ctx.profile.zone, systems=with_authorities(ctx.systems),
               site=ctx.profile.site or msg.sending_facility, trigger=msg.trigger.strip().upper())
@@ -304,4 +307,11 @@ def map_pharmacy(msg: Message, ctx: MapContext) -> MapResult:
     return MapResult(resources=resources, patient_id=patient["id"],
                      unmapped_segments=list(dict.fromkeys(reader.unmapped)), message_code=msg.message_code,
                      trigger=msg.trigger, sender=msg.sender, control_id=msg.control_id,
-                     event_time=event_instant(msg, env))
+                     event_time=event_instant(msg, env), nulls=_patient_nulls(reader.pid, reader.pd1, patient))
+
+
+def _patient_nulls(pid: Segment, pd1: list[Segment], patient: JSON) -> dict[str, list[str]]:
+    """PID/PD1 fields sent as ``""`` (MapResult.nulls; a pharmacy's only fill what no site said:
+    gateway/identity/survivorship.py)."""
+    paths = explicit_nulls(pid, PID_PATIENT) + [p for seg in pd1 for p in explicit_nulls(seg, PD1_PATIENT)]
+    return {f"Patient/{patient['id']}": list(dict.fromkeys(paths))} if paths else {}

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.errors import Location
+from gateway.errors import Location, MapWarning
 from gateway.hl7v2.tokenizer import Message, Segment
 from mappings.config import IdentifierSystems
 from mappings.datatypes.coded import cwe_to_codeable_concept
@@ -18,13 +18,15 @@ JSON = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Env:
     """Per-message, read-only inputs of the builders: the message, time zone, identifier systems,
-    site code (sender profile, default MSH-4.1) and trigger event (MSH-9.2, else EVN-1)."""
+    site code (sender profile, default MSH-4.1) and trigger event (MSH-9.2, else EVN-1); and the one
+    output besides resources, ``warnings``: values dropped while the message is still accepted."""
 
     msg: Message
     zone: ZoneInfo
     systems: IdentifierSystems
     site: str
     trigger: str
+    warnings: list[MapWarning] = field(default_factory=list)  # what was dropped (MapResult.warnings)
 
     def where(self, seg: Segment, field: int | None = None, comp: int | None = None) -> Location:
         """ERR-2 location: segment id, its sequence among segments with that id, field, component."""

@@ -1,6 +1,7 @@
 """DG1 -> Condition (encounter-diagnosis), linked from Encounter.diagnosis.
 
-IG rows: segments/DG1--Condition.csv, segments/DG1--Encounter.csv, vocab/DiagnosisType.csv.
+IG rows: segments/DG1--Condition.csv, segments/DG1--Encounter.csv, vocab/DiagnosisType.csv. DG1-21 =
+D (deleted): verificationStatus entered-in-error, and not listed in Encounter.diagnosis.
 Diagnosis codes keep their coding system: I10CA (ICD-10-CA) ->
 https://fhir.infoway-inforoute.ca/CodeSystem/icd10ca (codemaps/coding-systems.json).
 """
@@ -24,7 +25,8 @@ _CATEGORY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condit
 def dg1_to_condition(seg: Segment, env: Env, patient_id: str, encounter_id: str | None,
                      position: int, record_id: str | None = None) -> list[JSON]:
     """DG1 -> [Condition, Practitioner?]: code DG1-3 (text DG1-4), onsetDateTime DG1-5, recordedDate
-    DG1-19, asserter DG1-16, category encounter-diagnosis, subject, encounter. Id: encounter id (else
+    DG1-19, asserter DG1-16, verificationStatus DG1-21 (D -> entered-in-error, diagnosis-action map),
+    category encounter-diagnosis, subject, encounter. Id: encounter id (else
     the site record id ``record_id``, else the Patient id) + DG1-1 set id (else position) + code.
     [] when DG1-3 and DG1-4 are both empty."""
     code = cwe(seg, 3)
@@ -41,6 +43,9 @@ def dg1_to_condition(seg: Segment, env: Env, patient_id: str, encounter_id: str 
                        "subject": {"reference": f"Patient/{patient_id}"}}
     if encounter_id is not None:
         condition["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    action = codemap("diagnosis-action").concept(value(seg.get(21)))
+    if action is not None:  # DG1-21 D (delete): entered-in-error (no clinicalStatus then: FHIR con-5)
+        condition["verificationStatus"] = action
     onset = env.time(seg, 5)
     if onset:
         condition["onsetDateTime"] = onset
@@ -54,6 +59,12 @@ def dg1_to_condition(seg: Segment, env: Env, patient_id: str, encounter_id: str 
         condition["asserter"] = ref_to(doctor)
         out.append(doctor)
     return out
+
+
+def listed_in_diagnosis(condition: JSON) -> bool:
+    """Whether a Condition belongs in Encounter.diagnosis: not when DG1-21 deleted it (entered-in-error)."""
+    status = condition.get("verificationStatus", {}).get("coding", [{}])[0].get("code")
+    return bool(status != "entered-in-error")
 
 
 def encounter_diagnosis(seg: Segment, condition: JSON) -> JSON:

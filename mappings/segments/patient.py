@@ -85,19 +85,22 @@ def _flag(text: str) -> bool | None:
 
 
 def pid_to_patient(seg: Segment, env: Env) -> JSON:
-    """PID -> Patient (identifier PID-3 (PID-2/4), name PID-5, birthDate PID-7 (+ birthTime extension),
-    gender PID-8, address PID-11, telecom PID-13 home / PID-14 work, communication PID-15, maritalStatus
-    PID-16, multipleBirth PID-24/25, deceased PID-29/30). MapError 101 at PID-3 without any identifier."""
+    """PID -> Patient (identifier PID-3 (PID-2/4), name PID-5 then PID-9 aliases (use old), birthDate
+    PID-7 (+ birthTime extension), gender PID-8, address PID-11, telecom PID-13 home / PID-14 work /
+    PID-40 (v2.7+, use from XTN-2), communication PID-15, maritalStatus PID-16, multipleBirth PID-24/25,
+    deceased PID-29/30). MapError 101 at PID-3 without any identifier."""
     identifiers = patient_identifiers(seg, env, 3, 2, 4)
     pid = patient_id(identifiers)
     if pid is None:
         raise MapError("no patient identifier in PID-3", hl7_code="101", location=env.where(seg, 3))
     patient: JSON = {"resourceType": "Patient", "id": pid, "identifier": identifiers, "active": True}
     names = [n for n in (xpn_to_human_name(r) for r in seg.reps(5)) if n is not None]
+    names += [_alias(n) for n in (xpn_to_human_name(r) for r in seg.reps(9)) if n is not None]
     if names:
         patient["name"] = names
     telecom = [t for t in (xtn_to_contact_point(r, "home") for r in seg.reps(13)) if t is not None]
     telecom += [t for t in (xtn_to_contact_point(r, "work") for r in seg.reps(14)) if t is not None]
+    telecom += [t for t in (xtn_to_contact_point(r) for r in seg.reps(40)) if t is not None]
     if telecom:
         patient["telecom"] = telecom
     gender = codemap("administrative-sex").get(value(seg.get(8))) if value(seg.get(8)) else None
@@ -120,6 +123,13 @@ def pid_to_patient(seg: Segment, env: Env) -> JSON:
     if language is not None:
         patient["communication"] = [{"language": language}]
     return patient
+
+
+def _alias(name: JSON) -> JSON:
+    """PID-9 patient alias -> an extra HumanName (IG PID--Patient name[2]): its XPN-7 use when it maps
+    (name-use map), else ``old``: FHIR has no "alias" use, and a reader choosing the name by use
+    (official, usual) must never take an alias for the patient's name."""
+    return name if "use" in name else {"use": "old", **name}
 
 
 def _deceased(seg: Segment, env: Env, patient: JSON) -> None:

@@ -14,7 +14,11 @@ const fhirBase = document.querySelector('meta[name="pivot-fhir-base"]').getAttri
 export function t(key, vars) {
   const found = key.split('.').reduce((node, part) => (node && typeof node === 'object' ? node[part] : undefined),
     state.dict);
-  const text = typeof found === 'string' ? found : key;
+  // plural forms: {"one": …, "other": …}, chosen by vars.n with the language's rules (French: 0 and 1
+  // are singular, "1 client"; English: 1 only)
+  const form = found && typeof found === 'object' && vars && typeof vars.n === 'number'
+    ? found[new Intl.PluralRules(state.lang).select(vars.n)] ?? found.other : found;
+  const text = typeof form === 'string' ? form : key;
   return text.replace(/\{(\w+)\}/g, (_m, name) => (vars && vars[name] !== undefined ? String(vars[name]) : ''));
 }
 
@@ -140,6 +144,9 @@ async function render(focus = true) {
 }
 
 // -- live alerts ------------------------------------------------------------------------------
+// follow-up notices are never "open" (gateway/console/alerts.py); an arrival is open while the visit lasts
+const NOTICE_KINDS = new Set(['er-arrival-family', 'er-cancelled', 'er-discharge']);
+
 export function alertItem(alert) {
   const site = alert.siteLabel || alert.site;
   const kind = t(`kind.${alert.kind}`) === `kind.${alert.kind}` ? alert.kind : t(`kind.${alert.kind}`);
@@ -147,8 +154,11 @@ export function alertItem(alert) {
     h('a', {href: `#/clients/${encodeURIComponent(alert.patient.id)}`}, alert.patient.name || alert.patient.id),
     ' ', h('span', {class: 'kind'}, kind),
     site ? h('span', {class: 'site'}, ` — ${t('alerts.site', {site})}`) : null,
-    ' ', h('time', {datetime: alert.sent}, dateTime(alert.sent)),
-    alert.priority === 'urgent' ? h('span', {class: 'badge urgent'}, t('alerts.urgent')) : null);
+    ' ', h('time', {datetime: alert.at || alert.sent}, dateTime(alert.at || alert.sent)),
+    alert.priority === 'urgent' ? h('span', {class: 'badge urgent'}, t('alerts.urgent')) : null,
+    ' ', alert.open ? h('span', {class: 'badge open'}, t('alerts.open'))
+      : h('span', {class: 'muted small'}, t(NOTICE_KINDS.has(alert.kind) ? 'alerts.notice'
+        : alert.kind === 'er-arrival' ? 'alerts.closed' : 'alerts.closedOther')));
 }
 
 function paintLive() {

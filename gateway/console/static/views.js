@@ -56,9 +56,9 @@ export async function roster(ctx) {
   return h('section', {'aria-labelledby': 'roster-h'},
     heading(t('roster.title'), refresh(ctx)),
     h('ul', {class: 'stats'},
-      h('li', null, h('strong', null, number(active.length, lang)), ' ', t('roster.statActive')),
-      h('li', null, h('strong', null, number(inEr, lang)), ' ', t('roster.statInEr')),
-      h('li', null, h('strong', null, number(open, lang)), ' ', t('roster.statOpen'))),
+      h('li', null, h('strong', null, number(active.length, lang)), ' ', t('roster.statActive', {n: active.length})),
+      h('li', null, h('strong', null, number(inEr, lang)), ' ', t('roster.statInEr', {n: inEr})),
+      h('li', {id: 'stat-open'}, h('strong', null, number(open, lang)), ' ', t('roster.statOpen', {n: open}))),
     active.length ? table(t('roster.caption'), columns, active, {class: 'data', id: 'roster-table'})
       : h('p', null, t('roster.empty')),
     ended.length ? h('details', null, h('summary', null, t('roster.ended', {n: ended.length})),
@@ -153,10 +153,12 @@ function outcomeSection(ctx, data) {
   const label = t('client.beforeAfterLabel', {before: o.erVisitsBefore,
     after: after === null ? '—' : number(after, lang, 1), days: number(o.followUpDays, lang)});
   return section('outcome-h', t('client.beforeAfter'),
+    o.followUpSufficient === false ? h('p', {class: 'muted', id: 'follow-up-note'},
+      t('client.insufficientFollowUp', {days: number(o.minFollowUpDays, lang)})) : null,
     h('div', {class: 'charts'},
       h('figure', null, charts.bars([
         {label: t('outcomes.before'), value: o.erVisitsBefore, cls: 'bar-before'},
-        {label: t('outcomes.after'), value: after ?? 0, cls: 'bar-after'}], {label, lang}),
+        {label: t('outcomes.after'), value: after, cls: 'bar-after'}], {label, lang, digits: 1}),
       h('figcaption', null, label)),
       h('figure', {class: 'wide'}, monthly, h('figcaption', null, t('client.monthsLabel')))),
     table(t('client.outcomeCaption'), [
@@ -245,6 +247,23 @@ export async function client(ctx, id) {
 }
 
 // -- outcomes ----------------------------------------------------------------------------------
+// The method is the operation's ($defi-sante-outcomes): the same clients on both sides (followed at
+// least minFollowUpDays), visits per client-year before and since, the change from those two rates.
+function firstClientsTable(ctx, rows) {
+  const {t, lang} = ctx;
+  if (!rows.length) return h('p', {id: 'first-clients'}, t('outcomes.firstNone'));
+  return table(t('outcomes.firstCaption'), [
+    {label: t('outcomes.firstClients'), cell: (r) => t('outcomes.firstN', {n: r.clients})},
+    {label: t('outcomes.yearBefore'), cls: 'num', cell: (r) => number(r.erVisitsYearBefore, lang)},
+    {label: t('outcomes.yearAfter'), cls: 'num', cell: (r) => number(r.erVisitsYearAfter, lang)},
+  ], rows, {class: 'data compact', id: 'first-clients'});
+}
+
+function followUpCell(ctx, r) {
+  return r.followUpSufficient ? number(r.followUpDays, ctx.lang)
+    : [number(r.followUpDays, ctx.lang), ' ', h('span', {class: 'badge muted'}, ctx.t('outcomes.insufficient'))];
+}
+
 export async function outcomes(ctx) {
   const {t, lang} = ctx;
   const data = await ctx.api('api/outcomes');
@@ -252,35 +271,49 @@ export async function outcomes(ctx) {
   if (!c.clients) {
     return h('section', null, heading(t('outcomes.title')), h('p', null, t('outcomes.empty')));
   }
-  const after = c.erVisitsSinceAnnualised;
+  const days = number(c.minFollowUpDays, lang);
+  const before = c.erVisitsPerClientYearBefore;
+  const after = c.erVisitsPerClientYearSince;
   const change = c.erVisitsChangePercent;
-  const headline = t('outcomes.headline', {before: number(c.erVisitsBefore, lang),
-    after: after === null ? '—' : number(after, lang), clients: number(c.clients, lang)});
-  const rows = data.clients.map((r) => ({...r, before: r.erVisitsBefore, after: r.erVisitsSinceAnnualised}));
-  const axis = (offset) => t('outcomes.offset', {n: offset > 0 ? `+${offset}` : offset});
-  return h('section', null,
-    heading(t('outcomes.title')),
-    h('p', {class: 'headline', id: 'cohort-headline'}, h('span', {class: 'big'}, number(c.erVisitsBefore, lang)),
+  const shownChange = change === null ? '—' : `${change > 0 ? '+' : change < 0 ? '−' : ''}${number(Math.abs(change), lang)} %`;
+  const method = h('p', {class: 'method', id: 'outcomes-method'}, t('outcomes.method', {days}));
+  const left = c.clientsInsufficientFollowUp
+    ? h('p', {class: 'muted'}, t('outcomes.insufficientCount', {n: c.clientsInsufficientFollowUp, days})) : null;
+  const rows = data.clients.filter((r) => r.followUpSufficient)
+    .map((r) => ({...r, before: r.erVisitsBefore, after: r.erVisitsSinceAnnualised}));
+  const axis = (p) => (p.part ? t(`outcomes.offset0${p.part === 'before' ? 'Before' : 'After'}`)
+    : t('outcomes.offset', {n: p.offset > 0 ? `+${p.offset}` : p.offset}));
+  const summary = c.clientsCompared
+    ? t('outcomes.headline', {n: c.clientsCompared, days, before: number(before, lang, 1),
+      after: number(after, lang, 1), change: shownChange})
+    : t('outcomes.none', {days});
+  const compared = c.clientsCompared ? [
+    h('p', {class: 'headline', id: 'cohort-headline'}, h('span', {class: 'big'}, number(before, lang, 1)),
       h('span', {class: 'arrow', 'aria-hidden': 'true'}, ' → '), sr(` ${t('outcomes.to')} `),
-      h('span', {class: 'big after'}, after === null ? '—' : number(after, lang)),
-      change !== null ? h('span', {class: 'change'}, ` (${change > 0 ? '+' : ''}${number(change, lang)} %)`) : null),
-    h('p', {class: 'lede'}, headline),
+      h('span', {class: 'big after'}, number(after, lang, 1)),
+      h('span', {class: 'change'}, ` ${t('outcomes.perClientYear')} (${shownChange})`)),
     h('div', {class: 'charts'},
       h('figure', null, charts.bars([
-        {label: t('outcomes.before'), value: c.erVisitsBefore, cls: 'bar-before'},
-        {label: t('outcomes.after'), value: after ?? 0, cls: 'bar-after'}], {label: headline, lang}),
-      h('figcaption', null, t('outcomes.barsCaption'))),
+        {label: t('outcomes.before'), value: before, cls: 'bar-before'},
+        {label: t('outcomes.after'), value: after, cls: 'bar-after'}], {label: summary, lang, digits: 1}),
+      h('figcaption', null, t('outcomes.barsCaption', {n: c.clientsCompared}))),
       h('figure', {class: 'wide'}, charts.relative(data.relative, {label: t('outcomes.relativeLabel'), lang, axis}),
-        h('figcaption', null, t('outcomes.relativeLabel')))),
+        h('figcaption', null, t('outcomes.relativeLabel'))))] : [];
+  return h('section', null,
+    heading(t('outcomes.title')),
+    h('p', {class: 'lede', id: 'cohort-summary'}, summary),
+    left, ...compared, method,
+    h('h2', null, t('outcomes.firstTitle')),
+    firstClientsTable(ctx, data.firstClients || []),
     h('h2', null, t('outcomes.perClient')),
-    h('figure', null, charts.dumbbells(rows, {label: t('outcomes.dumbbellLabel'), lang, name: (r) => r.name || r.id}),
-      h('figcaption', null, t('outcomes.dumbbellLabel'))),
+    rows.length ? h('figure', null, charts.dumbbells(rows, {label: t('outcomes.dumbbellLabel'), lang,
+      name: (r) => r.name || r.id}), h('figcaption', null, t('outcomes.dumbbellLabel'))) : null,
     table(t('outcomes.tableCaption'), [
       {label: t('roster.client'), cell: (r) => clientLink(r)},
       {label: t('outcomes.enrolled'), cell: (r) => date(r.enrolled)},
+      {label: t('outcomes.followUp'), cls: 'num', cell: (r) => followUpCell(ctx, r)},
       {label: t('outcomes.erBefore'), cls: 'num', cell: (r) => number(r.erVisitsBefore, lang)},
       {label: t('outcomes.erSince'), cls: 'num', cell: (r) => number(r.erVisitsSince, lang)},
       {label: t('outcomes.erSinceAnnual'), cls: 'num', cell: (r) => number(r.erVisitsSinceAnnualised, lang, 1)},
-      {label: t('outcomes.followUp'), cls: 'num', cell: (r) => number(r.followUpDays, lang)},
     ], data.clients, {class: 'data', id: 'outcomes-table'}));
 }

@@ -1,9 +1,9 @@
 """Pharmacy code maps as data (``*.json`` beside this file), loaded and checked once at import.
 
 ConceptMap-shaped tables (``order-control``, ``order-status``, ``priority``, ``completion-status``,
-``substitution-status``, ``dispense-status``, ``route``) use the format and the explicit unmapped
-policy of :mod:`mappings.codemaps` (``omit`` / ``fixed`` / ``text``). The others have a shape of
-their own, checked here:
+``substitution-status``, ``substitution-allowed``, ``dispense-status``, ``route``) use the format
+and the explicit unmapped policy of :mod:`mappings.codemaps` (``omit`` / ``fixed`` / ``text``).
+The others have a shape of their own, checked here:
 
 - ``messages.json``: supported type/trigger -> structure (required segment, mapped segments);
 - ``drug-coding-systems.json``: CWE-3 names of drug code systems (DIN, ATC); unmapped: delegate to
@@ -36,7 +36,7 @@ ATC_SYSTEM = "http://www.whocc.no/atc"
 SNOMED = "http://snomed.info/sct"
 UCUM = "http://unitsofmeasure.org"
 CONCEPT_MAPS = ("order-control", "order-status", "priority", "completion-status", "substitution-status",
-                "dispense-status", "route")
+                "substitution-allowed", "dispense-status", "route")
 
 
 def load_json(filename: str) -> Any:

@@ -3,7 +3,8 @@
 No IG row exists for RXD; we follow the Microsoft converter's RXD conventions where they agree with
 FHIR R4 (RXD-2 medication, RXD-3 whenHandedOver, RXD-4/5 quantity, RXD-7 the prescription, RXD-9
 note, RXD-10 performer, RXD-33 type v2-0484) and choose the rest (README): status completed (not
-``unknown``), the pharmacy as a second performer, RXD-11 substitution, and daysSupply:
+``unknown``), authorizingPrescription a literal reference to the order's MedicationRequest id, the
+pharmacy as a second performer, RXD-11 substitution, and daysSupply:
 
 1. TQ1-6 service duration of the group (in days), else
 2. RXD-4 dispensed amount / RXD-12 total daily dose (units equal or absent), else
@@ -71,6 +72,22 @@ def days_supply(seg: Segment, amount: JSON | None, daily: JSON | None, group: Gr
     return None
 
 
+def _authorizing(group: Group, rx: JSON | None) -> JSON | None:
+    """A literal reference to the MedicationRequest of the dispense's order: the id a
+    MedicationRequest of that order gets (Group.request_id: the same prescription key, RXE-15 / ORC-3
+    / RXD-7 / ORC-2, in an RDE as in an RDS), whether or not this message builds it; an RXD naming
+    another prescription (RXD-7) than its group refers to that prescription's request. When the
+    request is not in this message the prescription number rides along as the identifier."""
+    if rx is not None and group.rx_key is not None and identifier_key(rx) != identifier_key(group.rx_key):
+        return {"reference": f"MedicationRequest/{stable_id('MedicationRequest', identifier_key(rx))}",
+                "identifier": rx}
+    if group.request is not None:
+        return ref_to(group.request)
+    if group.rx_key is None:
+        return None
+    return {"reference": f"MedicationRequest/{group.request_id()}", "identifier": group.rx_key}
+
+
 def rxd_pharmacist(seg: Segment, env: Env) -> JSON | None:
     """RXD-10 dispensing provider (XCN; an OPQ licence number when XCN-9 is OPQ) -> Practitioner."""
     for rep in seg.reps(10):
@@ -103,10 +120,9 @@ def rxd_to_medication_dispense(seg: Segment, env: Env, group: Group, route: JSON
     performers = [{"actor": ref_to(pharmacist)}] if pharmacist is not None else []
     performers.append({"actor": group.pharmacy})
     disp["performer"] = performers
-    if group.request is not None and (rx is None or rx == group.rx_key):
-        disp["authorizingPrescription"] = [ref_to(group.request)]
-    elif rx is not None:
-        disp["authorizingPrescription"] = [{"type": "MedicationRequest", "identifier": rx}]
+    authorizing = _authorizing(group, rx)
+    if authorizing is not None:
+        disp["authorizingPrescription"] = [authorizing]
     kind = cwe(seg, 33, V2_0484)
     if kind is not None:
         disp["type"] = kind

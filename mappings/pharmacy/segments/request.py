@@ -4,8 +4,9 @@ No IG row exists for RXE (the IG snapshot has only RXO); we follow the IG RXO--M
 TQ1/RXR rows where a field has the same meaning, and the Microsoft converter's RXE conventions where
 the IG is silent: ORC-2 -> identifier PLAC, RXE-15 -> the prescription number, RXE-10/11 ->
 dispenseRequest.quantity, RXE-12 -> numberOfRepeatsAllowed, RXE-39 -> initialFill.quantity,
-RXE-9 -> substitution (v2-0161), RXE-27 -> reasonCode, RXE-19 -> maxDosePerPeriod (per day),
-RXE-3/4/5 -> doseQuantity / doseRange, RXE-23/24 -> rateQuantity, ORC-9 -> authoredOn.
+RXE-9 -> substitution (table 0167, codemaps/substitution-allowed.json), RXE-27 -> reasonCode,
+RXE-19 -> maxDosePerPeriod (per day), RXE-3/4/5 -> doseQuantity / doseRange, RXE-23/24 ->
+rateQuantity, ORC-9 -> authoredOn.
 Differences are listed in mappings/pharmacy/README.md.
 """
 
@@ -20,14 +21,13 @@ from mappings.datatypes.coded import cwe_to_codeable_concept
 from mappings.datatypes.identifiers import identifier_key
 from mappings.datatypes.primitives import value
 from mappings.ids import stable_id
-from mappings.pharmacy.codemaps import UCUM
+from mappings.pharmacy.codemaps import UCUM, concept_map
 from mappings.pharmacy.datatypes import Drug, Schedule, cq_to_quantity, cwe_to_drug, field_quantity, nm, quantity
 from mappings.pharmacy.datatypes.drugs import V2_0203, rx_system
 from mappings.pharmacy.segments.order import Order
-from mappings.segments.common import Env, cwe
+from mappings.segments.common import Env
 
 JSON = dict[str, Any]
-V2_0161 = "http://terminology.hl7.org/CodeSystem/v2-0161"
 PER_DAY = {"value": 1, "unit": "d", "system": UCUM, "code": "d"}
 
 
@@ -161,7 +161,7 @@ def rxe_to_medication_request(seg: Segment, env: Env, group: Group) -> JSON:
     if dose:
         req["dosageInstruction"] = [dose]
     req["dispenseRequest"] = _dispense_request(seg, env, group)
-    substitution = cwe(seg, 9, V2_0161)
+    substitution = concept_map("substitution-allowed").concept(value(seg.get(9)))  # table 0167
     if substitution is not None:
         req["substitution"] = {"allowedCodeableConcept": substitution}
     group.request = req
