@@ -64,7 +64,7 @@ IDLE_TIMEOUT_S = 3.0
 # kept until the mapping worker takes them; workers are off here) before the RSS baseline is taken
 WARM_UP = 90
 ACK_DEADLINE_S = 30.0  # "no hang": every ACK (HTTP response) within this
-STORM_DEADLINE_S = 240.0
+STORM_DEADLINE_S = 330.0  # against a hang, not a speed goal: 100k inputs took 212-270 s on 2 cores (0.4.0)
 # RSS from the baseline (after the warm-up) to the end of the storm, about 93,000 inputs. Measured: +30 MB, of
 # which ~15 MB are metrics series labelled with made-up senders (test_metrics_do_not_grow_with_made_up_senders)
 # and the rest SQLite page caches (2 MB each by default, half a dozen connections) and allocator slack. Keeping
@@ -694,7 +694,7 @@ def _dead_letters(gw: Any) -> tuple[dict[str, list[int]], Counter[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(480)
 def test_storm_of_100k_inputs_over_mllp_and_http(stack: Stack) -> None:
     gw = stack.gateway
     counter = LogCounter()

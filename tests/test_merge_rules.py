@@ -131,3 +131,10 @@ def test_units_round_trip() -> None:
 
 def test_unit_names_are_the_units_keys() -> None:
     assert merge.unit_names(STORED) == list(merge.units(STORED))
+
+
+def test_a_null_pv2_25_priority_is_listed_as_a_delete() -> None:
+    result = hl7("PID|1||HSA1^^^HSA^MR||Roy^Luc||19400101|M", PV1, "PV2" + "|" * 25 + '""')
+    encounter = of(result, "Encounter")
+    assert result.nulls[f"Encounter/{encounter['id']}"] == ["priority"]
+    assert "priority" not in encounter

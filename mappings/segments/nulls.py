@@ -32,7 +32,7 @@ PV1_ENCOUNTER: FieldPaths = {
     17: ("participant.ADM",), 36: ("hospitalization.dischargeDisposition",), 44: ("period.start",),
     45: ("period.end",),
 }
-PV2_ENCOUNTER: FieldPaths = {3: ("reasonCode",)}
+PV2_ENCOUNTER: FieldPaths = {3: ("reasonCode",), 25: ("priority",)}
 DG1_CONDITION: FieldPaths = {5: ("onsetDateTime",), 16: ("asserter",), 19: ("recordedDate",)}
 
 
