@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytest_plugins = ["tests.kafka_fixtures", "tests.fhir_server_fixtures", "tests.fhir_fixtures"]
+pytest_plugins = ["tests.kafka_fixtures", "tests.fhir_server_fixtures", "tests.fhir_fixtures", "tests.pg_fixtures",
+                  "tests.console_page_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

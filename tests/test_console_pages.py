@@ -6,13 +6,12 @@ under var/test-artifacts/console/ (or $PIVOT_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.console_page_fixtures import open_console, shot
 from tests.test_console_support import (
     CHROMIUM,
     EXPECTED_SILENT,
@@ -20,13 +19,8 @@ from tests.test_console_support import (
     ServerThread,
     World,
     arrival,
-    console_app,
     console_world,
-    launch_chromium,
 )
-
-ARTIFACTS = Path(os.environ.get("PIVOT_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "var" / "test-artifacts"))
-TIMEOUT_MS = 15_000
 
 
 @pytest.fixture(scope="module")
@@ -37,55 +31,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     built.gw.close()
 
 
-@pytest.fixture(scope="module")
-def server(world: World) -> Iterator[ServerThread]:
-    srv = ServerThread(console_app(world.gw, stream_max_s=5, feeds_ttl_s=0.2)).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any, server: ServerThread) -> Iterator[Any]:
-    """A fresh context (empty storage) whose every request is recorded; none may leave localhost."""
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, locale="fr-CA")
-    context.set_default_timeout(TIMEOUT_MS)
-    urls: list[str] = []
-    context.on("request", lambda request: urls.append(request.url))
-    errors: list[str] = []
-    tab = context.new_page()
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    context.close()
-    outside = [u for u in urls if not u.startswith(f"{server.base}/")]
-    assert urls
-    assert not outside, outside
-    assert not errors, errors
-
-
-def shot(page: Any, name: str) -> None:
-    ARTIFACTS.joinpath("console").mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "console" / f"{name}.png"), full_page=True)
-
-
 def test_chromium_is_installed() -> None:
     assert CHROMIUM.exists(), f"Chromium not found at {CHROMIUM}: `make browser` installs Debian's chromium " \
         "(CI runs it before the tests)"
-
-
-def open_console(page: Any, server: ServerThread, route: str = "#/clients") -> None:
-    page.goto(f"{server.base}/console/{route}")
-    page.wait_for_selector("main h1")
-    page.wait_for_function("document.getElementById('main').getAttribute('aria-busy') === null")
 
 
 def test_roster_and_candidates_render_from_real_data(page: Any, server: ServerThread, world: World) -> None:

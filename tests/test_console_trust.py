@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from gateway.defisante.arrival import ZONE, visit_message
-from tests.test_console_pages import shot
-from tests.test_console_support import ServerThread, World, console_app, console_world, launch_chromium
+from tests.console_page_fixtures import open_console, shot
+from tests.test_console_support import ServerThread, World, console_world
 from tests.test_defisante_support import enroll_body
 
 RAW_REFERENCE = re.compile(r"\b(?:Practitioner|PractitionerRole|Organization|RelatedPerson)/[\w.-]+")
@@ -41,42 +41,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     yield built
     built.http.close()
     built.gw.close()
-
-
-@pytest.fixture(scope="module")
-def server(world: World) -> Iterator[ServerThread]:
-    srv = ServerThread(console_app(world.gw, stream_max_s=5, feeds_ttl_s=0.2)).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = launch_chromium(p)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any, server: ServerThread) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1360, "height": 900}, locale="fr-CA")
-    context.set_default_timeout(15_000)
-    errors: list[str] = []
-    tab = context.new_page()
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield tab
-    context.close()
-    assert not errors, errors
-
-
-def open_console(page: Any, server: ServerThread, route: str) -> None:
-    """Load a page and wait until it rendered (``aria-busy`` gone; no script eval under the CSP)."""
-    page.goto(f"{server.base}/console/{route}")
-    page.wait_for_selector("main h1")
-    page.wait_for_selector("main:not([aria-busy])")
 
 
 def test_names_never_raw_references(page: Any, server: ServerThread, world: World) -> None:
