@@ -42,7 +42,15 @@ postgres:
 test: install lint browser postgres
 	$(BIN)/python -m pytest -q -ra
 
-bench: install
+# the bench extra (the Python peer v2fhir, python-hl7's MLLP client) on top of `make install`
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@echo "installing the benchmark's extra (the Python peer hl7v2-fhir-bridge) into $(VENV)"
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

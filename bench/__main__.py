@@ -3,7 +3,11 @@
 Every figure is measured in this run on this machine; the ratios between them are what to compare
 across machines. Run with ``make bench`` (``python -m bench [--messages N]``); ``--only e2e`` runs
 the parse+map+validate and end-to-end figures alone, ``--only lookalikes`` the look-alike test
-patients run alone (bench/lookalikes.py).
+patients run alone (bench/lookalikes.py). Issue #14's figures, on the realistic site messages of
+``gateway.samples.site_message``: ``--only peer`` (v2fhir vs Pivot in process vs ``pivot ingest``
+end to end, bench/peer.py), ``--only site`` (MLLP AA/CA latency with python-hl7's client, both
+acknowledgement modes, bench/site.py), ``--only backfill`` (a CSSS year, ``--backfill N``,
+bench/backfill.py). The default runs everything.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.serve import free_port, start_serve
+from bench.serve import free_port, read_ack, start_serve
 from gateway.hl7v2 import parse
 from gateway.samples import er_message
 
@@ -60,29 +65,30 @@ def bench_ack(msgs: list[bytes]) -> float:
     return rate(len(parsed), time.perf_counter() - t)
 
 
-def bench_map(msgs: list[bytes]) -> float:
-    from mappings import IdentifierSystems, MapContext, Profiles, map_message
+def pivot_mapper() -> Callable[[bytes], object]:
+    """Pivot's parse + map + validate of one message (embedded defaults' profiles and systems): the
+    pipeline spine without identity (gateway/pipeline.py), the steps the intake runs."""
+    from gateway.pipeline import Pipeline
+    from mappings import IdentifierSystems, Profiles
 
-    profiles = Profiles.load(None, "America/Montreal")
-    systems = IdentifierSystems.load(None)
+    spine = Pipeline(Profiles.load(None, "America/Montreal"), IdentifierSystems.load(None), identity=None)
     now = datetime.now(UTC)
+
+    def one(raw: bytes) -> object:
+        outcome = spine.run(raw, now)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.result
+
+    return one
+
+
+def bench_map(msgs: list[bytes]) -> float:
+    one = pivot_mapper()
     t = time.perf_counter()
     for raw in msgs:
-        msg = parse(raw)
-        map_message(msg, MapContext(profile=profiles.for_message(msg), systems=systems, received_at=now))
+        one(raw)
     return rate(len(msgs), time.perf_counter() - t)
-
-
-def _read_ack(sock: socket.socket, buf: bytearray) -> bytes:
-    while END not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        buf.extend(chunk)
-    end = buf.index(END)
-    frame = bytes(buf[1:end])
-    del buf[: end + 2]
-    return frame
 
 
 def _client(port: int, msgs: list[bytes], latencies: list[float], codes: list[str], pace_s: float,
@@ -98,7 +104,7 @@ def _client(port: int, msgs: list[bytes], latencies: list[float], codes: list[st
             next_at += pace_s
         t = time.perf_counter()
         sock.sendall(START + raw + END)
-        ack = _read_ack(sock, buf)
+        ack = read_ack(sock, buf)
         latencies.append(time.perf_counter() - t)
         codes.append(ack.split(b"MSA|", 1)[1][:2].decode() if b"MSA|" in ack else "??")
     sock.close()
@@ -182,13 +188,27 @@ def main() -> int:
                     help="sustained load: seconds at 300 msg/s over 20 connections (0 = skip)")
     ap.add_argument("--lookalikes", type=int, default=5_000,
                     help="look-alike test patients vs as many different people (0 = skip)")
-    ap.add_argument("--only", choices=("e2e", "lookalikes"),
-                    help="run only the end-to-end figures (parse+map+validate too) or only the look-alikes")
+    ap.add_argument("--peer-messages", type=int, default=5_000,
+                    help="peer comparison: distinct ER A04s (v2fhir, in process, pivot ingest end to end; 0 = skip)")
+    ap.add_argument("--peer-repeat", type=int, default=3, help="peer comparison: passes of the in-memory figures")
+    ap.add_argument("--site-seconds", type=float, default=30.0,
+                    help="MLLP latency as a site sends: seconds per mode (0 = skip)")
+    ap.add_argument("--site-rate", type=float, default=200.0, help="MLLP latency as a site sends: msg/s")
+    ap.add_argument("--site-connections", type=int, default=4, help="MLLP latency as a site sends: connections")
+    ap.add_argument("--backfill", type=int, default=400_000,
+                    help="messages of the simulated CSSS year backfilled through pivot ingest (0 = skip)")
+    ap.add_argument("--only", choices=("e2e", "lookalikes", *ISSUE14),
+                    help="run only one part: the end-to-end figures (parse+map+validate too), the look-alikes, "
+                         "the peer comparison, the site latency or the backfill")
+    ap.add_argument("--scale-messages", type=int, default=3_000, help="scale-out: 1 vs 2 instances on Kafka (0 = skip)")
     args = ap.parse_args()
     if args.only == "lookalikes":
         from bench.lookalikes import run_and_report
 
         run_and_report(args.lookalikes)
+        return 0
+    if args.only in ISSUE14:
+        run_issue14(args, {args.only})
         return 0
     msgs = [er_message(i) for i in range(2_000)]
     tok = statistics.median(bench_tokenizer(msgs) for _ in range(3))
@@ -232,7 +252,39 @@ def main() -> int:
         from bench.load import run as run_load
 
         run_load(300.0, args.load_seconds, 20)
+    run_issue14(args, set(ISSUE14))
     return 0
+
+
+ISSUE14 = ("peer", "site", "backfill", "scale")  # scale: issue #15 (bench/scale.py)
+
+
+def run_issue14(args: argparse.Namespace, parts: set[str]) -> None:
+    """Issue #14's figures (bench/peer.py, bench/site.py, bench/backfill.py), each headed by the load."""
+    from bench.procs import load_note
+
+    if "peer" in parts and args.peer_messages:
+        from bench.peer import run as run_peer
+
+        print(f"\n[peer] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {load_note()}")
+        run_peer(args.peer_messages, args.peer_repeat)
+        print(f"  ({load_note()} at the end)")
+    if "site" in parts and args.site_seconds:
+        from bench.site import run as run_site
+
+        print(f"\n[site] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {load_note()}")
+        run_site(args.site_rate, args.site_seconds, args.site_connections)
+        print(f"  ({load_note()} at the end)")
+    if "backfill" in parts and args.backfill:
+        from bench.backfill import run as run_backfill
+
+        print(f"\n[backfill] {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {load_note()}")
+        run_backfill(args.backfill)
+        print(f"  ({load_note()} at the end)")
+    if "scale" in parts and args.scale_messages:
+        from bench.scale import section
+
+        section(args.scale_messages)
 
 
 if __name__ == "__main__":

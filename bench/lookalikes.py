@@ -79,18 +79,18 @@ def run_one(msgs: list[bytes]) -> dict[str, float]:
 def resolve_rates(msgs: list[bytes]) -> tuple[float, float, float]:
     """In one process, without the network: map + identity resolution (SQLite index on disk) of
     ``msgs``; messages/s of the first fifth, the last fifth, and the index file's size in MB."""
-    from gateway.hl7v2 import parse
     from gateway.identity import IdentityResolver
-    from mappings import IdentifierSystems, MapContext, Profiles, map_message
+    from gateway.pipeline import Pipeline
+    from mappings import IdentifierSystems, Profiles
 
-    profiles, systems = Profiles.load(None, "America/Montreal"), IdentifierSystems.load(None)
     data = Path(tempfile.mkdtemp(prefix="pivot-bench-resolve-"))
     resolver = IdentityResolver(data)
+    spine = Pipeline(Profiles.load(None, "America/Montreal"), IdentifierSystems.load(None), resolver)
     fifth, marks = len(msgs) // 5, [time.perf_counter()]
     try:
         for i, raw in enumerate(msgs, 1):
-            msg = parse(raw)
-            resolver.resolve(map_message(msg, MapContext(profiles.for_message(msg), systems, _NOW)))
+            outcome = spine.run(raw, _NOW)
+            assert outcome.result is not None, outcome.error
             if i % fifth == 0:
                 marks.append(time.perf_counter())
     finally:

@@ -58,3 +58,16 @@ def rss_kb(pid: int) -> int:
         except OSError:
             continue
     return total
+
+
+def read_ack(sock: socket.socket, buf: bytearray) -> bytes:
+    """The next MLLP frame's content from ``sock`` (``buf``: bytes already read, kept across calls)."""
+    while b"\x1c\x0d" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf.extend(chunk)
+    end = buf.index(b"\x1c\x0d")
+    frame = bytes(buf[1:end])
+    del buf[: end + 2]
+    return frame

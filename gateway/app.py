@@ -17,7 +17,6 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from gateway import __version__
-from gateway.dedupe import DedupeIndex
 from gateway.defisante import DefiSanteRules
 from gateway.delivery.client import FhirClient
 from gateway.delivery.config import client_from_settings
@@ -25,29 +24,40 @@ from gateway.delivery.sink import DeliverySink
 from gateway.errors import ConfigError
 from gateway.eventlog.base import EventLog
 from gateway.eventlog.embedded import private_dir, secure_file
+from gateway.eventlog.state.dedupe import open_dedupe
+from gateway.eventlog.state.handoff import open_handoff
+from gateway.eventlog.state.ledger import open_ledger
+from gateway.eventlog.state.register import open_register
+from gateway.eventlog.worker import Worker
 from gateway.fhirstore import FhirStore
 from gateway.identity import IdentityResolver
 from gateway.intake import Intake, MapCache
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
 from gateway.security import Security, check_startup, install_security
 from gateway.settings import Settings
 from gateway.subscriptions import SubscriptionConfig, SubscriptionEngine, make_subscription_router
-from gateway.workers import MappingWorker, StoreSink, Worker
+from gateway.workers import MappingWorker, StoreSink
 from mappings import IdentifierSystems, Profiles
 
 log = logging.getLogger("pivot")
 
 
-def open_log(settings: Settings) -> EventLog:
-    """The embedded log, or Kafka when PIVOT_KAFKA_BOOTSTRAP is set."""
+def open_log(settings: Settings, instance_id: str = "") -> EventLog:
+    """The embedded log, or Kafka when PIVOT_KAFKA_BOOTSTRAP is set (client id ``pivot-<instance>``:
+    the consumer group members of this instance are told apart from the others')."""
     if settings.embedded:
         from gateway.eventlog.embedded import EmbeddedLog
 
         return EmbeddedLog(settings.data_dir / "log.sqlite")
     from gateway.eventlog.kafka import KafkaLog
 
-    return KafkaLog(settings.kafka_bootstrap, client_id="pivot",
+    return KafkaLog(settings.kafka_bootstrap, client_id=kafka_client_id(instance_id),
                     session_timeout_ms=settings.kafka_session_timeout_ms)
+
+
+def kafka_client_id(instance_id: str) -> str:
+    return f"pivot-{instance_id}" if instance_id else "pivot"
 
 
 class Gateway:
@@ -55,7 +65,11 @@ class Gateway:
 
     def __init__(self, settings: Settings, *, listener_process: bool = False) -> None:
         """``listener_process``: the MLLP listener runs in a child process (gateway.listener), so the
-        intake's results reach the mapping worker through handoff.sqlite, not this process's memory."""
+        intake's results reach the mapping worker through handoff.sqlite, not this process's memory.
+
+        The shared state (gateway.eventlog.state: dedupe, handoff, identity, alert ledger, Défi Santé
+        register) is opened from ``settings.state_url``: SQLite files in the data dir when empty,
+        else one PostgreSQL database shared by every instance (the handoff then in every mode)."""
         self.settings = settings
         self.listener_process = listener_process
         # built first: a delivery misconfiguration stops the start-up with the setting's name
@@ -64,7 +78,10 @@ class Gateway:
         self.metrics = Metrics()
         self.profiles = Profiles.load(settings.sender_profiles, settings.default_timezone)
         self.systems = IdentifierSystems.load(settings.identifier_systems)
-        self.log = open_log(settings)
+        self.instance_id = _instance_id(settings.data_dir)
+        if not settings.embedded and not settings.state_url:
+            single_instance_check(settings, kafka_client_id(self.instance_id))
+        self.log = open_log(settings, self.instance_id)
         self.security = Security(settings, event_log=self.log, metrics=self.metrics)
         self.store = FhirStore(settings.data_dir / "fhir.sqlite")
         from gateway.security.audit_careteam import CareTeamAudit
@@ -74,36 +91,39 @@ class Gateway:
             base_url=f"http://{settings.host}:{settings.http_port}/fhir",
             state_path=settings.data_dir / "subscriptions.sqlite",
             audit=self.security.audit, allow_private=settings.subscription_allow_private))
-        self.dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
+        self.dedupe = open_dedupe(settings.state_url, settings.data_dir)
         self.cache: MapCache = MapCache()
-        if listener_process:
-            from gateway.handoff import SharedMapCache
+        if listener_process or settings.state_url:  # another process or instance may take the record
+            self.cache = open_handoff(settings.state_url, settings.data_dir)
+        self.identity = IdentityResolver(settings.data_dir, settings.state_url)
+        self.ledger = open_ledger(settings.state_url, settings.data_dir)
+        self.register = open_register(settings.state_url, settings.data_dir)
+        from gateway.defisante.shared import RegisterListener
 
-            self.cache = SharedMapCache(settings.data_dir)
-        self.identity = IdentityResolver(settings.data_dir)
+        self.store.add_listener(RegisterListener(self.register))  # every write of a program resource
+        self.pipeline = Pipeline(self.profiles, self.systems, self.identity)  # the mapping worker's (cache misses)
         # Défi Santé: program data and conformance resources checked here (a bad file stops the start)
         from gateway.defisante import conformance
         from gateway.defisante.service import DefiSante
 
         conformance.resources()
-        self.defisante = DefiSante(self.store, self.log, settings)
+        self.defisante = DefiSante(self.store, self.log, settings, register=self.register)
         self.rules = DefiSanteRules(self.store, settings, self.defisante.config, self.metrics,
-                                    audit=self.security.audit)
+                                    audit=self.security.audit, ledger=self.ledger, register=self.register)
         from gateway.pharmacy import PharmacyRules
 
         self.pharmacy = PharmacyRules(self.store, settings, metrics=self.metrics, audit=self.security.audit)
         self.intake = Intake(settings, self.log, self.dedupe, self.profiles, self.systems, self.metrics,
                              self.cache, self.identity, authorize=self.security.authorize_sender)
         self.workers: list[Worker] = []
-        self.instance_id = _instance_id(settings.data_dir)
 
     def start_workers(self) -> None:
         self.subscriptions.start()  # idempotent; before the store sink so no write is missed
         if self.workers or not self.settings.workers:
             return
         self.workers = [
-            MappingWorker(self.settings, self.log, self.metrics, self.profiles, self.systems, self.cache,
-                          self.identity, self.rules, extra_rules=[self.pharmacy]),
+            MappingWorker(self.settings, self.log, self.metrics, self.pipeline, self.cache,
+                          hooks=[self.rules, self.pharmacy]),
             StoreSink(self.settings, self.log, self.metrics, self.store, instance_id=self.instance_id),
         ]
         if self.fhir_client is not None:
@@ -128,6 +148,42 @@ class Gateway:
         self.log.close()
         self.store.close()
         self.dedupe.close()
+        self.ledger.close()
+        self.register.close()
+
+
+def single_instance_check(settings: Settings, own_client_id: str = "") -> None:
+    """Kafka without PIVOT_STATE_URL: each instance keeps its own identity index, dedupe index,
+    alert ledger and register, so it must be the only one. Say so, and (when this process runs the
+    mapping worker) refuse to start when the mapping workers' consumer group has members of another
+    instance (client id ``own_client_id`` is this instance's: a member it left behind when it was
+    killed, which tansu keeps listing, is not another instance) one session timeout later. A broker
+    that cannot tell (down, or no DescribeGroups) is logged and the start goes on."""
+    import time
+
+    group = f"{settings.kafka_group_id}-mapper"
+    log.warning("Kafka without PIVOT_STATE_URL: this instance keeps its identity, dedupe and alert state "
+                "to itself and must be the only gateway instance of group %s; set PIVOT_STATE_URL "
+                "(PostgreSQL) to run several", group)
+    if not settings.workers:  # no mapping worker here (pivot ingest, pivot identity): nothing to join
+        return
+    deadline = time.monotonic() + settings.kafka_session_timeout_ms / 1000 + 3
+    others = _other_members(settings, group, own_client_id)
+    while others and time.monotonic() < deadline:
+        time.sleep(1.0)
+        others = _other_members(settings, group, own_client_id)
+    if others is None:
+        log.warning("could not tell whether consumer group %s already has members", group)
+    elif others:
+        raise ConfigError(f"consumer group {group} already has {len(others)} member(s) of another gateway "
+                          "instance on this Kafka; several instances need PIVOT_STATE_URL (shared state)")
+
+
+def _other_members(settings: Settings, group: str, own_client_id: str) -> list[str] | None:
+    from gateway.eventlog.kafka import group_members
+
+    members = group_members(settings.kafka_bootstrap, group)
+    return None if members is None else [m for m in members if not m.startswith(f"{own_client_id}-")]
 
 
 def _instance_id(data_dir: Path) -> str:

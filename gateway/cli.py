@@ -127,7 +127,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from gateway.app import Gateway
 
-    gateway = Gateway(settings.model_copy(update={"workers": bool(getattr(args, "wait", False))}))
+    # ingest: the intake's results go through the handoff (like the MLLP listener process's), so the
+    # mapping worker of the gateway serving this data dir takes them instead of mapping again
+    gateway = Gateway(settings.model_copy(update={"workers": bool(getattr(args, "wait", False))}),
+                      listener_process=args.command == "ingest" and settings.embedded)
     try:
         if args.command == "ingest":
             return _ingest(gateway, args)

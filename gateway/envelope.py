@@ -19,9 +19,10 @@ def now_iso() -> str:
 
 
 def fhir_envelope(resource: dict[str, Any], *, site: str, control_id: str, sender: str,
-                  received_at: str) -> bytes:
-    """The value of a ``fhir.<Type>`` record."""
-    body = {
+                  received_at: str, resolved: int = 0) -> bytes:
+    """The value of a ``fhir.<Type>`` record. ``resolved``: the identity resolution's rank (MapResult.resolved),
+    0 for what no resolution produced (alerts, operations)."""
+    body: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "source_site": site,
         "sender": sender,
@@ -30,6 +31,8 @@ def fhir_envelope(resource: dict[str, Any], *, site: str, control_id: str, sende
         "produced_at": now_iso(),
         "resource": resource,
     }
+    if resolved:
+        body["resolved"] = resolved
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 

@@ -12,9 +12,11 @@
               ─ enhanced mode:  append raw to hl7v2.in (durable) ── commit ACK CA (per MSH-15)
                                 map + validate ── application ACK AA/AE (per MSH-16)
 
-The mapping done here decides the ACK; the mapping worker consuming ``hl7v2.in`` produces what is
-published (it reuses this result through a small cache when both run in one process). A failure
-to store gives AR "system down" and nothing is acknowledged.
+Parse, supported?, required structure, map + validate and identity are the steps of the pipeline
+spine (gateway/pipeline.py), called here with the intake's own checks between them. The mapping
+done here decides the ACK; the mapping worker consuming ``hl7v2.in`` produces what is published
+(it reuses this result through a small cache when both run in one process). A failure to store
+gives AR "system down" and nothing is acknowledged.
 """
 
 from __future__ import annotations
@@ -23,28 +25,22 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from connectors.base import Origin, Reply
-from gateway.dedupe import DedupeIndex
 from gateway.envelope import deadletter_headers, inbound_headers, now_iso
-from gateway.errors import GatewayError, IncompleteFrameError, MapError, MapWarning, ParseError, PublishError
+from gateway.errors import GatewayError, IncompleteFrameError, MapError, MapWarning, PublishError
 from gateway.eventlog.base import EventLog, OutRecord
+from gateway.eventlog.state.dedupe import DedupeIndex
 from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ack
-from gateway.hl7v2.tokenizer import Message, parse, parse_text
+from gateway.hl7v2.tokenizer import Message
 from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, received
+from gateway.pipeline import msh_head as _msh_only
 from gateway.settings import Settings
-from mappings import (
-    IdentifierSystems,
-    MapContext,
-    MapResult,
-    Profiles,
-    check_required,
-    check_supported,
-    map_message,
-)
+from mappings import IdentifierSystems, MapResult, Profiles
 from mappings.messages import SUPPORTED
 from mappings.pharmacy import PHARMACY_TRIGGERS
 
@@ -94,7 +90,7 @@ class MapCache:
             return self._items.pop(key, None)
 
     def close(self) -> None:
-        """Nothing to release in memory (gateway.handoff.SharedMapCache closes its database)."""
+        """Nothing to release in memory (gateway.eventlog.state.handoff.SharedMapCache closes its database)."""
 
 
 class Intake:
@@ -112,10 +108,12 @@ class Intake:
         self.metrics = metrics
         self.cache = cache
         self.identity = identity or IdentityResolver()
+        self.pipeline = Pipeline(profiles, systems, self.identity, on_fallback=self._charset_fallback)
         self.authorize = authorize  # Security.authorize_sender: allow-list, authorities; None = everyone
         self.senders = SenderLabels()
         self.topic_in = settings.topic("hl7v2.in")
         self.topic_dead = settings.topic("deadletter")
+        self._batch = threading.local()  # receive_many's pending records on this thread (None: append at once)
 
     # -- Receiver ----------------------------------------------------------------------------------
     def receive(self, raw: bytes, origin: Origin) -> Reply:
@@ -124,6 +122,44 @@ class Intake:
         self.metrics.observe("pivot_ack_seconds", time.perf_counter() - started,
                              "time from message received to ACK", transport=origin.transport)
         return reply
+
+    def receive_many(self, items: Sequence[tuple[bytes, Origin]]) -> list[Reply]:
+        """``receive`` of each message in order (``pivot ingest``'s batches, connectors/files.py), the
+        batch's records (raw messages, dead letters, review entries) appended in ONE ``append_many``
+        (one fsync) before any reply. The accepted messages enter the dedupe index only after that
+        commit (a crash in between must not leave a message "seen" but not stored); a resend inside
+        the batch is still a duplicate. A failed commit answers AR, transient, for the whole batch."""
+        pending: list[OutRecord] = []
+        accepted: list[tuple[str, str]] = []
+        self._batch.records, self._batch.accepted = pending, accepted
+        try:
+            replies = [self._receive(raw, origin) for raw, origin in items]
+        finally:
+            self._batch.records = self._batch.accepted = None
+        try:
+            self.log.append_many(pending)
+        except PublishError as exc:
+            for sender, control_id in accepted:
+                self.cache.pop(f"{sender}|{control_id}")
+            log.error("log unavailable: a batch of %d messages refused", len(items))
+            return [Reply(code="AR", acks=[build_ack("AR", msg=None, raw=raw, error=exc)],
+                          control_id=reply.control_id, error=exc.describe(), transient=True)
+                    for (raw, _origin), reply in zip(items, replies, strict=True)]
+        for sender, control_id in accepted:
+            self.dedupe.add(sender, control_id)
+        return replies
+
+    def _append(self, record: OutRecord) -> None:
+        """Durable now, or with the batch being received on this thread (``receive_many``)."""
+        pending: list[OutRecord] | None = getattr(self._batch, "records", None)
+        if pending is None:
+            self.log.append(record)
+        else:
+            pending.append(record)
+
+    def _seen(self, sender: str, control_id: str) -> bool:
+        accepted: list[tuple[str, str]] | None = getattr(self._batch, "accepted", None)
+        return (accepted is not None and (sender, control_id) in accepted) or self.dedupe.seen(sender, control_id)
 
     def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
         """A frame the connector could not pass on (oversize, incomplete): AR, head kept as a dead letter.
@@ -146,8 +182,7 @@ class Intake:
         head = _msh_only(raw)
         sender = _sender_of(head)
         try:
-            msg = self._parse(raw, head)
-            check_supported(msg)
+            msg = self.pipeline.decode(raw, head)
         except GatewayError as exc:
             return self._reject(raw, None, exc, origin, sender)
         if self.authorize is not None:
@@ -160,30 +195,24 @@ class Intake:
         if not control_id:
             return self._reject(raw, msg, MapError("MSH-10 message control id is empty",
                                                    hl7_code="101"), origin, sender)
-        profile = self.profiles.for_message(msg)
         try:  # before the store: a missing required segment/field is AE (original), CE (enhanced)
-            check_required(msg, profile.relax)
+            profile = self.pipeline.require(msg)
         except GatewayError as exc:
             return self._reject(raw, msg, exc, origin, sender)
         accept_mode, app_mode = ack_modes(msg)
         enhanced = bool(accept_mode or app_mode)
-        if self.dedupe.seen(sender, control_id):
+        if self._seen(sender, control_id):
             self._count(origin, "AA", sender, msg.trigger, duplicate=True)
             acks = self._acks(msg, "AA", None, enhanced, accept_mode, app_mode)
             return Reply(code="AA", acks=acks, control_id=control_id, duplicate=True)
         key = f"{sender}|{control_id}"
-        ctx = MapContext(profile=profile, systems=self.systems,
-                         received_at=datetime.fromisoformat(received_at.replace("Z", "+00:00")))
         # map and resolve before the append, and hand the result to the mapping worker (cache) before
         # the record can reach it: the worker must never resolve the same message a second time
-        warnings: list[MapWarning] = []
         try:
-            mapped = map_message(msg, ctx)
-            warnings, mapped.warnings = mapped.warnings, []  # for the ACK and review only (the handoff is JSON)
-            result: MapResult | None = self.identity.resolve(mapped)
-            error: GatewayError | None = None
-        except GatewayError as exc:
-            result, error = None, exc
+            outcome = self.pipeline.resolve(msg, profile, received(received_at))
+        except PublishError as exc:  # the shared state (identity index) is down: AR, transient, no dead letter
+            return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
+        result, warnings, error = outcome.result, outcome.warnings, outcome.error  # warnings: ACK and review
         if error is not None and not enhanced:
             return self._reject(raw, msg, error, origin, sender)
         if result is not None:
@@ -218,14 +247,10 @@ class Intake:
             except PublishError:  # the message itself is stored and acknowledged: only the review entry is lost
                 log.warning("review entry not stored sender=%s control_id=%s", msg.sender, msg.control_id)
 
-    def _parse(self, raw: bytes, head: Message | None) -> Message:
-        assumed = self.profiles.for_message(head).charset if head is not None else None
-        msg = parse(raw, assumed)
-        if msg.warnings:
-            self.metrics.inc("pivot_charset_fallback_total", help_text="messages decoded as cp1252",
-                             sender=self.senders.label(msg.sender))
-            log.warning("charset fallback sender=%s control_id=%s", msg.sender, msg.control_id)
-        return msg
+    def _charset_fallback(self, msg: Message) -> None:
+        self.metrics.inc("pivot_charset_fallback_total", help_text="messages decoded as cp1252",
+                         sender=self.senders.label(msg.sender))
+        log.warning("charset fallback sender=%s control_id=%s", msg.sender, msg.control_id)
 
     def _store(self, raw: bytes, msg: Message, result: MapResult | None, origin: Origin,
                received_at: str) -> None:
@@ -234,8 +259,12 @@ class Intake:
                                   message_type=f"{msg.message_code}^{msg.trigger}",
                                   transport=origin.transport, received_at=received_at, size=len(raw))
         key = (patient or msg.sender).encode("utf-8")
-        self.log.append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
-        self.dedupe.add(msg.sender, msg.control_id)
+        self._append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
+        accepted: list[tuple[str, str]] | None = getattr(self._batch, "accepted", None)
+        if accepted is None:
+            self.dedupe.add(msg.sender, msg.control_id)
+        else:  # receive_many adds it once the batch is durable
+            accepted.append((msg.sender, msg.control_id))
 
     def _acks(self, msg: Message, code: str, error: GatewayError | None, enhanced: bool,
               accept_mode: str, app_mode: str) -> list[bytes]:
@@ -280,7 +309,7 @@ class Intake:
         headers = deadletter_headers(stage=stage, code=exc.code, hl7_code=exc.hl7_code,
                                      reason=exc.describe(), sender=sender, control_id=control_id,
                                      transport=origin.transport, source_ref=origin.peer)
-        self.log.append(OutRecord(topic=self.topic_dead, value=raw, key=sender.encode(), headers=headers))
+        self._append(OutRecord(topic=self.topic_dead, value=raw, key=sender.encode(), headers=headers))
         self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
                          stage=stage, sender=self.senders.label(sender))
 
@@ -295,18 +324,6 @@ class Intake:
 
 def _stage(exc: GatewayError) -> str:
     return type(exc).__name__.removesuffix("Error").lower() or "gateway"
-
-
-def _msh_only(raw: bytes) -> Message | None:
-    """The MSH segment alone (its first 4 KB), decoded as latin-1: enough to find the sender and its
-    profile, without decoding or splitting the rest of the message."""
-    head = raw[:8192].lstrip(b"\xef\xbb\xbf\r\n\t ")[:4096]
-    ends = [i for i in (head.find(b"\r"), head.find(b"\n")) if i >= 0]
-    first = head[: min(ends)] if ends else head
-    try:
-        return parse_text(first.decode("latin-1")) if first else None
-    except ParseError:
-        return None
 
 
 def _whole_msh(raw: bytes) -> bool:

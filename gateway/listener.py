@@ -8,13 +8,14 @@ process the listener only shares the machine, not the interpreter, with them.
     pivot serve (parent)                          python -m gateway.listener (child)
       HTTP: /hl7v2, /fhir, console, metrics          MLLP listener → Intake (parse, map, identity,
       workers: mapping, rules, store, delivery         dedupe, append to hl7v2.in) → ACK
-      subscriptions                                  ─ the result → handoff.sqlite (gateway.handoff)
+      subscriptions                                  ─ the result → the handoff (eventlog/state/handoff.py)
       ◄── one byte per commit (pipe): wake the consumers    ─ its metrics → listener-metrics.json
 
 Both processes share the data dir's SQLite files (event log, dedupe, identity index, handoff),
-each with its own connections; SQLite serialises their writes. The child dies with the parent
-(``PR_SET_PDEATHSIG``, and a check of its parent id), so a SIGKILLed gateway leaves no listener
-behind holding the port; the parent restarts a child that dies on its own.
+each with its own connections; SQLite serialises their writes. With ``PIVOT_STATE_URL`` the
+dedupe, identity and handoff tables are in PostgreSQL instead (gateway.eventlog.state). The
+child dies with the parent (``PR_SET_PDEATHSIG``, and a check of its parent id), so a SIGKILLed
+gateway leaves no listener behind holding the port; the parent restarts a child that dies on its own.
 """
 
 from __future__ import annotations
@@ -194,9 +195,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 async def _child(settings: Settings, status_fd: int, notify_fd: int, parent: int) -> None:
-    from gateway.dedupe import DedupeIndex
     from gateway.eventlog.embedded import EmbeddedLog
-    from gateway.handoff import SharedMapCache
+    from gateway.eventlog.state.dedupe import open_dedupe
+    from gateway.eventlog.state.handoff import open_handoff
     from gateway.identity import IdentityResolver
     from gateway.intake import Intake
     from gateway.metrics import Metrics
@@ -205,9 +206,9 @@ async def _child(settings: Settings, status_fd: int, notify_fd: int, parent: int
 
     metrics = Metrics()
     event_log = EmbeddedLog(settings.data_dir / "log.sqlite", notify_fd=notify_fd)
-    dedupe = DedupeIndex(settings.data_dir / "state.sqlite")
-    cache = SharedMapCache(settings.data_dir)
-    identity = IdentityResolver(settings.data_dir)
+    dedupe = open_dedupe(settings.state_url, settings.data_dir)
+    cache = open_handoff(settings.state_url, settings.data_dir)
+    identity = IdentityResolver(settings.data_dir, settings.state_url)
     security = Security(settings, event_log=None, metrics=metrics)  # the parent publishes the audit trail
     intake = Intake(settings, event_log, dedupe, Profiles.load(settings.sender_profiles, settings.default_timezone),
                     IdentifierSystems.load(settings.identifier_systems), metrics, cache, identity,

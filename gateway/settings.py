@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     mllp_port: int = Field(2575, ge=0, le=65535, description="HL7v2 over MLLP")
     data_dir: Path = Field(Path("./var"), description="embedded log, FHIR store, dead letters")
     kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty = embedded log")
+    state_url: str = Field("", description="PostgreSQL shared by every instance (identity, dedupe, handoff, "
+                           "alerts, register), e.g. postgresql://pivot@db:5432/pivot; empty = SQLite files "
+                           "in the data dir (one instance)")
     kafka_topic_prefix: str = Field("pivot.", description="prefix of every topic")
     kafka_group_id: str = Field("pivot", description="consumer group prefix shared by gateway instances")
     kafka_raw_in_topic: str = Field("", description="topic of raw ER7 landed by a site (empty = off)")
@@ -105,4 +108,6 @@ def load_settings(**overrides: object) -> Settings:
         ZoneInfo(settings.default_timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError("invalid setting PIVOT_DEFAULT_TIMEZONE: unknown time zone") from None
+    if settings.state_url and not settings.state_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("invalid setting PIVOT_STATE_URL: a postgresql://user@host:port/database URL, or empty")
     return settings

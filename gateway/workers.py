@@ -1,131 +1,33 @@
 """Background workers: mapping (hl7v2.in → fhir.*) and the embedded store sink (fhir.* → /fhir).
 
-Each worker is a thread looping poll → process → commit. A record is committed only after what
-it produced is durable (appended to the log, or written to the store); a failure to publish is
-retried with backoff, a failure of the message itself goes to the dead letters with its reason.
+Each worker is a thread looping poll → process → commit (the base class: gateway/eventlog/worker.py,
+re-exported here). A record is committed only after what it produced is durable (appended to the
+log, or written to the store); a failure to publish is retried with backoff, a failure of the
+message itself goes to the dead letters with its reason.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
-from gateway.defisante import DefiSanteRules
 from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
 from gateway.envelope import deadletter_headers, fhir_envelope
 from gateway.errors import GatewayError, PublishError, StoreError
-from gateway.eventlog.base import Consumer, EventLog, OutRecord, Record
+from gateway.eventlog.base import EventLog, OutRecord, Record
+from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
 from gateway.fhirstore import FhirStore
-from gateway.hl7v2.tokenizer import parse
-from gateway.identity import IdentityResolver
-from gateway.intake import MapCache, _msh_only
+from gateway.intake import MapCache
 from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline, received
 from gateway.settings import Settings
 from gateway.topics import DEADLETTER, FHIR_TYPES, HL7V2_IN, fhir_topic
-from mappings import IdentifierSystems, MapContext, MapResult, Profiles, map_message
+from mappings import MapResult
 
+__all__ = ["WORKER_NICE", "MappingWorker", "RuleHook", "StoreSink", "Worker", "yield_to_intake"]
 log = logging.getLogger("pivot.workers")
-_BACKOFF_MAX_S = 5.0
-
-
-WORKER_NICE = 10
-
-
-def yield_to_intake() -> None:
-    """Make the calling (worker) thread give way to the intake (Linux: both are per thread).
-
-    The ACK path waits for nobody but the intake; the workers are throughput work that can wait a
-    few milliseconds. So a worker thread runs at nice 10 (never lower than it already is), and with
-    two CPUs or more it runs on all of them but one: the first CPU is left to the MLLP listener
-    (process or threads), which the workers' bursts of store writes otherwise kept waiting. Measured
-    here (2 cores, 200 msg/s after a 10,000-message burst): AA p99 11–18 ms → 8–13 ms, while the
-    workers (one interpreter: one core's worth of Python at most) drained the burst as fast as
-    before. Unprivileged: raising nice and narrowing affinity always work."""
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), WORKER_NICE))
-    except (AttributeError, OSError):
-        log.debug("worker priority unchanged")
-    try:
-        cpus = sorted(os.sched_getaffinity(os.getpid()))  # the main thread's: every CPU the gateway has
-        if len(cpus) >= 2:
-            os.sched_setaffinity(tid, cpus[1:])
-    except (AttributeError, OSError):
-        log.debug("worker CPU affinity unchanged")
-
-
-class Worker(threading.Thread):
-    """Poll → handle → commit, until stopped."""
-
-    group = "worker"
-
-    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, topics: list[str]) -> None:
-        super().__init__(name=f"pivot-{self.group}", daemon=True)
-        self.settings = settings
-        self.log = log_
-        self.metrics = metrics
-        self.topics = topics
-        self._stop_event = threading.Event()
-        self.idle = threading.Event()
-        self.processed = 0
-        self._consumer: Consumer | None = None
-
-    def consumer_group(self) -> str:
-        """The consumer group: shared by every gateway instance, so they split the work."""
-        return f"{self.settings.kafka_group_id}-{self.group}"
-
-    def lag(self) -> int | None:
-        """Records not yet handled and committed, when the log can tell (the embedded log); else None."""
-        consumer = self._consumer
-        lag = getattr(consumer, "lag", None)
-        if consumer is None or lag is None:
-            return None
-        return int(lag())
-
-    def run(self) -> None:
-        yield_to_intake()
-        consumer = self.log.consumer(self.consumer_group(), self.topics)
-        self._consumer = consumer
-        try:
-            self._loop(consumer)
-        finally:
-            consumer.close()
-
-    def _loop(self, consumer: Consumer) -> None:
-        while not self._stop_event.is_set():
-            records = consumer.poll(timeout_s=0.2, max_records=500)
-            if not records:
-                self.idle.set()
-                continue
-            self.idle.clear()
-            self._retry(self.handle, records)
-            consumer.commit()
-            self.processed += len(records)
-
-    def _retry(self, action: Any, records: list[Record]) -> None:
-        delay = 0.1
-        while True:
-            try:
-                action(records)
-                return
-            except PublishError:
-                if self._stop_event.is_set():
-                    raise
-                log.warning("%s: publish failed, retrying in %.1fs", self.group, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-
-    def handle(self, records: list[Record]) -> None:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
 
 class RuleHook(Protocol):
@@ -137,20 +39,21 @@ class RuleHook(Protocol):
 
 
 class MappingWorker(Worker):
-    """hl7v2.in → map → fhir.<Type> envelopes (key = resource id); failures → deadletter."""
+    """hl7v2.in → map → fhir.<Type> envelopes (key = resource id); failures → deadletter.
+
+    The intake's result is taken from ``cache`` (the handoff); on a miss the message goes through
+    the pipeline spine (``pipeline``, gateway/pipeline.py). ``hooks``: the rules run on each mapped
+    message, in order, as the composition root gives them (gateway/app.py: Défi Santé, pharmacy);
+    none unless given."""
 
     group = "mapper"
 
-    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, profiles: Profiles,
-                 systems: IdentifierSystems, cache: MapCache, identity: IdentityResolver | None = None,
-                 rules: DefiSanteRules | None = None, extra_rules: Sequence[RuleHook] = ()) -> None:
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, pipeline: Pipeline,
+                 cache: MapCache, hooks: Sequence[RuleHook]) -> None:
         super().__init__(settings, log_, metrics, [settings.topic(HL7V2_IN)])
-        self.profiles = profiles
-        self.systems = systems
+        self.pipeline = pipeline
         self.cache = cache
-        self.identity = identity or IdentityResolver()
-        self.rules = rules or DefiSanteRules()
-        self.hooks: list[RuleHook] = [self.rules, *extra_rules]
+        self.hooks: list[RuleHook] = list(hooks)
 
     def handle(self, records: list[Record]) -> None:
         out: list[OutRecord] = []
@@ -163,7 +66,9 @@ class MappingWorker(Worker):
         control_id = rec.headers.get("msh10", "")
         received_at = rec.headers.get("received_at", "")
         try:
-            result = self.cache.pop(f"{sender}|{control_id}") or self.identity.resolve(self._map(rec, received_at))
+            result = self.cache.pop(f"{sender}|{control_id}") or self._resolve(rec, received_at)
+        except PublishError:  # the shared state is down: the batch is retried (Worker._retry), nothing dead-lettered
+            raise
         except GatewayError as exc:
             return [self._dead(rec, exc, sender, control_id)]
         except Exception as exc:
@@ -178,7 +83,7 @@ class MappingWorker(Worker):
             OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])),
                       key=str(res["id"]).encode(),
                       value=fhir_envelope(res, site=site, control_id=control_id, sender=sender,
-                                          received_at=received_at),
+                                          received_at=received_at, resolved=result.resolved),
                       headers={"msh10": control_id, "sender": sender})
             for res in result.resources
         ]
@@ -192,13 +97,12 @@ class MappingWorker(Worker):
             out.extend(hook.on_mapped(result, received_at))
         return out
 
-    def _map(self, rec: Record, received_at: str) -> MapResult:
-        head = _msh_only(rec.value)
-        assumed = self.profiles.for_message(head).charset if head is not None else None
-        msg = parse(rec.value, assumed)
-        when = datetime.fromisoformat(received_at.replace("Z", "+00:00"))
-        return map_message(msg, MapContext(profile=self.profiles.for_message(msg), systems=self.systems,
-                                           received_at=when))
+    def _resolve(self, rec: Record, received_at: str) -> MapResult:
+        outcome = self.pipeline.run(rec.value, received(received_at))
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.result is not None  # no error: a result
+        return outcome.result
 
     def _dead(self, rec: Record, exc: GatewayError, sender: str, control_id: str) -> OutRecord:
         self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
@@ -232,21 +136,22 @@ class StoreSink(Worker):
         return f"{base}-{self.instance_id}" if self.instance_id else base
 
     def handle(self, records: list[Record]) -> None:
-        items: list[tuple[Record, dict[str, Any]]] = []
+        items: list[tuple[Record, dict[str, Any], int]] = []  # record, resource, its resolution's rank
         for rec in records:
             try:
-                items.append((rec, json.loads(rec.value)["resource"]))
-            except (ValueError, KeyError, TypeError):
+                envelope = json.loads(rec.value)
+                items.append((rec, envelope["resource"], int(envelope.get("resolved") or 0)))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 self._dead(rec, StoreError("unreadable fhir envelope"))
         if not items:
             return
-        try:
-            results = self.store.upsert_many([res for _rec, res in items])
+        try:  # a copy older than the stored one (another partition's message mapped later) changes nothing
+            results = self.store.upsert_many([res for _rec, res, _rank in items], [rank for *_, rank in items])
         except StoreError:  # one bad resource: write the others one by one, dead-letter the bad one
             results = []
-            for rec, res in items:
+            for rec, res, rank in items:
                 try:
-                    results.extend(self.store.upsert_many([res]))
+                    results.extend(self.store.upsert_many([res], [rank]))
                 except StoreError as exc:
                     self._dead(rec, exc)
         changed = sum(1 for _res, was_changed in results if was_changed)

@@ -32,7 +32,9 @@ class MapResult:
     rules, and ``event_time``: the FHIR instant of EVN-2, else MSH-7 (the order in which the identity
     resolver applies messages to one resource; '' only when neither can be read). ``nulls``: per
     resource (``"Type/id"``), the element paths the message sent as ``""`` (delete), never inside a
-    published resource: the resolver's merge applies them (mappings/merge.py)."""
+    published resource: the resolver's merge applies them (mappings/merge.py). ``resolved``: set by the
+    identity resolver, the rank of this resolution among all (every instance's): the store sink keeps,
+    per resource, the copy of the latest resolution, whatever order the records reach it in."""
 
     resources: list[JSON] = field(default_factory=list)
     patient_id: str | None = None
@@ -44,3 +46,4 @@ class MapResult:
     event_time: str = ""
     nulls: dict[str, list[str]] = field(default_factory=dict)
     warnings: list[MapWarning] = field(default_factory=list)  # ACK AA + ERR severity W, review entry
+    resolved: int = 0  # the identity resolution's place in the shared order (gateway.identity; 0: not resolved)

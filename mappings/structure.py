@@ -2,8 +2,9 @@
 
 The table is data (codemaps/required-structure.json), loaded and checked at import. The gateway
 calls :func:`check_structure` right after parsing (before the message is stored, so an enhanced
-mode sender gets a commit error CE); :func:`mappings.map_message` calls it again so that every
-path that maps (the mapping worker, replays, tests) refuses the same messages.
+mode sender gets a commit error CE), once (gateway/pipeline.py); :func:`mappings.map_message`
+calls it too unless told ``structure_checked``, so that every path that maps refuses the same
+messages.
 
 - a missing segment: StructureError, ERR-3 100 (segment sequence error), ERR-2 ``SEG^1``;
 - a required field empty (or the HL7 null ``""``) in any occurrence of its segment: ERR-3 101

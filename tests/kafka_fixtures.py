@@ -26,6 +26,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,6 +133,24 @@ class BrokerProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def read_topic(bootstrap: str, topic: str, timeout_ms: int = 1500) -> list[Any]:
+    """Every record value of ``topic`` from the beginning, JSON-decoded ([] when it does not exist)."""
+    import json
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        return [json.loads(rec.value) for rec in consumer]
+    finally:
+        consumer.close()
 
 
 @pytest.fixture(scope="session")

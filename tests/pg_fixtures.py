@@ -7,6 +7,10 @@ Registered by tests/conftest.py (``pytest_plugins``).
   refuses to run as root), trust authentication for the role ``pivot``; stopped at the end.
 - ``pg_url`` (function): a fresh, empty database on that server for the test:
   ``postgresql://pivot@127.0.0.1:PORT/t…``.
+- ``pg_schema_url`` (function): a fresh schema in one database of the session (the URL sets
+  ``search_path``): as good as a fresh database for the code, much cheaper to make.
+- ``state_url`` (function, two params): ``""`` (SQLite) then ``pg_schema_url``: a contract suite on
+  both engines.
 
 Without the server binaries (``/usr/lib/postgresql/*/bin``, or ``PIVOT_PG_BIN``) the tests that
 need PostgreSQL are skipped; ``make test`` installs Debian's ``postgresql`` first, so in CI they run.
@@ -110,3 +114,28 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh database of the session's server."""
     return pg_server.create_database()
+
+
+@pytest.fixture(scope="session")
+def pg_shared_url(pg_server: PgServer) -> str:
+    """One database of the session's server, holding a schema per ``pg_schema_url`` test."""
+    return pg_server.create_database()
+
+
+@pytest.fixture
+def pg_schema_url(pg_shared_url: str) -> str:
+    """A fresh, empty schema, the connection's only ``search_path``: to the code, a fresh database
+    (its own tables and migration ledger), at ~1 ms instead of a CREATE DATABASE's 300-400 ms on 2
+    busy cores. Advisory locks are per database, so tests of one session share their names."""
+    import psycopg
+
+    name = f"s{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_shared_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{name}"')
+    return f"{pg_shared_url}?options=-csearch_path%3D{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest) -> str:
+    """A test on both engines: ``""`` (SQLite, PIVOT_STATE_URL unset) or a fresh PostgreSQL schema."""
+    return "" if request.param == "sqlite" else str(request.getfixturevalue("pg_schema_url"))

@@ -129,7 +129,7 @@ def test_writes_and_denials_are_audited(env: tuple[TestClient, Settings, Embedde
 
 def test_an_access_that_cannot_be_audited_is_refused(env: tuple[TestClient, Settings, EmbeddedLog, Security]) -> None:
     tc, _, _, security = env
-    security.audit._conn.close()  # the audit database fails
+    security.audit._db.close()  # the audit database fails
     r = tc.get("/fhir/Patient/p7", headers=_auth())
     assert r.status_code == 503
     assert CANARY not in r.text

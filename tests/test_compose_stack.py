@@ -51,6 +51,7 @@ def test_compose_stack_end_to_end(request: pytest.FixtureRequest, monkeypatch: p
         pytest.skip(f"{why}: the compose stack cannot run here; the same scenario runs against tansu "
                     "(test_e2e_kafka.py) and sekmet-fhir (test_delivery_*.py)")
     monkeypatch.setenv("HAPI_DB_PASSWORD", "pivot-test-only")
+    monkeypatch.setenv("PIVOT_DB_PASSWORD", "pivot-state-test-only")
     token = "compose-test-token"
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({hashlib.sha256(token.encode()).hexdigest(): {

@@ -15,29 +15,16 @@ import hl7.client
 import httpx
 import jsonschema
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from gateway.defisante import codes
 from gateway.defisante.arrival import visit_message
 from tests.e2e_helpers import ack_field
+from tests.kafka_fixtures import read_topic
 from tests.test_defisante_support import enroll_body, wait_until
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "schemas/defisante/alert-event.schema.json").read_text())
-
-
-def _topic(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1500)
-    try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        return [json.loads(rec.value) for rec in consumer]
-    finally:
-        consumer.close()
 
 
 def _mllp(port: int, raw: bytes) -> None:
@@ -52,8 +39,8 @@ def _read(base: str, path: str) -> dict[str, Any] | None:
 
 
 def test_two_instances_on_kafka_alert_once_per_arrival(serve_factory: Any, kafka_broker: str, topic_prefix: str,
-                                                        tmp_path: Path) -> None:
-    env = {"PIVOT_KAFKA_BOOTSTRAP": kafka_broker, "PIVOT_KAFKA_TOPIC_PREFIX": topic_prefix,
+                                                        tmp_path: Path, pg_url: str) -> None:
+    env = {"PIVOT_KAFKA_BOOTSTRAP": kafka_broker, "PIVOT_KAFKA_TOPIC_PREFIX": topic_prefix, "PIVOT_STATE_URL": pg_url,
            "PIVOT_KAFKA_GROUP_ID": topic_prefix.rstrip("."), "PIVOT_KAFKA_SESSION_TIMEOUT_MS": "6000",
            "PIVOT_LOG_LEVEL": "WARNING"}
     first = serve_factory(env=env, data_dir=tmp_path / "a").start(timeout_s=60)
@@ -87,7 +74,7 @@ def test_two_instances_on_kafka_alert_once_per_arrival(serve_factory: Any, kafka
     alerts_topic = f"{topic_prefix}defisante.alerts"
     for n, site in enumerate(("HSA", "HLA", "HSJ")):
         _mllp((first if n % 2 else second).mllp_port, visit_message(patient, site=site, visit=f"VK{site}1"))
-    events = wait_until(lambda: len(e := [x for x in _topic(kafka_broker, alerts_topic)
+    events = wait_until(lambda: len(e := [x for x in read_topic(kafka_broker, alerts_topic)
                                           if x["patient"] == f"Patient/{pid}"]) >= 3 and e, timeout_s=60)
     assert sorted(e["site"] for e in events) == ["CSSS-ARGENTEUIL-HLA", "CSSS-RDN-HSJ", "CSSS-SOMMETS-HSA"]
     for event in events:
@@ -100,9 +87,9 @@ def test_two_instances_on_kafka_alert_once_per_arrival(serve_factory: Any, kafka
     resend = visit_message(patient, site="HSA", visit="VKHSA1", control_id="KRESEND1")
     _mllp(first.mllp_port, resend)
     _mllp(first.mllp_port, visit_message(patient, site="HSA", visit="VKHSA2"))
-    wait_until(lambda: len([x for x in _topic(kafka_broker, alerts_topic) if x["patient"] == f"Patient/{pid}"]) >= 4,
-               timeout_s=60)
-    mine = [x for x in _topic(kafka_broker, alerts_topic) if x["patient"] == f"Patient/{pid}"]
+    wait_until(lambda: len([x for x in read_topic(kafka_broker, alerts_topic)
+                            if x["patient"] == f"Patient/{pid}"]) >= 4, timeout_s=60)
+    mine = [x for x in read_topic(kafka_broker, alerts_topic) if x["patient"] == f"Patient/{pid}"]
     assert len(mine) == len({x["event_id"] for x in mine}) == 4
     # disenrolled on the other instance: once both stores know it, an arrival raises nothing
     assert httpx.post(f"{second.base}/fhir/Patient/{pid}/$defi-sante-disenroll", timeout=30).status_code == 200
@@ -117,4 +104,4 @@ def test_two_instances_on_kafka_alert_once_per_arrival(serve_factory: Any, kafka
         return bool(found.get("entry")) and found["entry"][0]["resource"]["status"] == "finished"
 
     wait_until(lambda: finished(first.base) and finished(second.base), timeout_s=60)  # both messages processed
-    assert len([x for x in _topic(kafka_broker, alerts_topic) if x["patient"] == f"Patient/{pid}"]) == 4
+    assert len([x for x in read_topic(kafka_broker, alerts_topic) if x["patient"] == f"Patient/{pid}"]) == 4

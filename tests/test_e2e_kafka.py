@@ -30,8 +30,9 @@ def _topic_values(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         consumer.close()
 
 
-def test_two_instances_on_kafka_share_the_feed(serve_factory: Any, kafka_broker: str, tmp_path: Any) -> None:
-    env = {"PIVOT_KAFKA_BOOTSTRAP": kafka_broker, "PIVOT_KAFKA_TOPIC_PREFIX": "e2e.",
+def test_two_instances_on_kafka_share_the_feed(serve_factory: Any, kafka_broker: str, tmp_path: Any,
+                                               pg_url: str) -> None:
+    env = {"PIVOT_KAFKA_BOOTSTRAP": kafka_broker, "PIVOT_KAFKA_TOPIC_PREFIX": "e2e.", "PIVOT_STATE_URL": pg_url,
            "PIVOT_KAFKA_SESSION_TIMEOUT_MS": "6000"}
     first = serve_factory(env=env, data_dir=tmp_path / "a").start(timeout_s=60)
     second = serve_factory(env=env, data_dir=tmp_path / "b").start(timeout_s=60)

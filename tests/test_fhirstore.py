@@ -118,7 +118,7 @@ def test_database_failures_become_retryable_publish_errors(store: FhirStore, mon
         import sqlite3
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr("gateway.fhirstore.writer.Writer.put", broken)
+    monkeypatch.setattr("gateway.fhirstore.writer.Writer.put_many", broken)  # upsert_many's path
     with pytest.raises(PublishError):
         store.upsert_many([patient(1)])
 

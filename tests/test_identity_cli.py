@@ -58,15 +58,23 @@ def test_duplicates_lists_ids_and_sites_only(gateway: Gateway, capsys: pytest.Ca
     assert json.loads(capsys.readouterr().out.splitlines()[0])["flag_id"] == dup.flag_id
 
 
-def test_rebuild_from_the_log(gateway: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
-    _send(gateway, adt("A04", site="HSA", mrn="HSA4", control_id="1", when="202601010800"),
-          adt("A04", site="HLA", mrn="HLA4", control_id="2", when="202601010900"),
-          adt("A08", site="HSA", mrn="HSA4", nam="TREJ40010112", control_id="3", when="202601011000"))
-    before = gateway.identity.duplicates(include_resolved=True)
-    assert cli.run(_parser().parse_args(["identity", "rebuild"]), gateway) == 0
-    assert "3 messages resolved, 0 refused" in capsys.readouterr().out
-    assert gateway.identity.duplicates(include_resolved=True) == before
-    assert gateway.identity.index.person_of_key("urn:pivot:id:HSA|HSA4") == nam_person_id("TREJ40010112")
+def test_rebuild_from_the_log(state_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On both engines (PostgreSQL: PIVOT_STATE_URL): the index emptied, the log replayed."""
+    gateway = Gateway(load_settings(data_dir=tmp_path / "var", workers=False, state_url=state_url))
+    try:
+        assert gateway.identity.index.db.engine == ("postgresql" if state_url else "sqlite")
+        _send(gateway, adt("A04", site="HSA", mrn="HSA4", control_id="1", when="202601010800"),
+              adt("A04", site="HLA", mrn="HLA4", control_id="2", when="202601010900"),
+              adt("A08", site="HSA", mrn="HSA4", nam="TREJ40010112", control_id="3", when="202601011000"))
+        before = gateway.identity.duplicates(include_resolved=True)
+        gateway.identity.index.add_person("stray", "urn:pivot:id:HSA|none", None)  # not in the log
+        assert cli.run(_parser().parse_args(["identity", "rebuild"]), gateway) == 0
+        assert "3 messages resolved, 0 refused, 2 persons" in capsys.readouterr().out
+        assert gateway.identity.duplicates(include_resolved=True) == before
+        assert gateway.identity.index.person_of_key("urn:pivot:id:HSA|HSA4") == nam_person_id("TREJ40010112")
+        assert gateway.identity.index.person("stray") is None
+    finally:
+        gateway.close()
 
 
 def test_next_of_kin_and_diagnoses_move_with_the_site_record() -> None:

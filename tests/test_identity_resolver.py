@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ JSON = dict[str, Any]
 
 
 @pytest.fixture
-def resolver() -> IdentityResolver:
-    return IdentityResolver()
+def resolver(state_url: str) -> Iterator[IdentityResolver]:
+    """On both engines: in memory (SQLite) and a fresh PostgreSQL database (PIVOT_STATE_URL)."""
+    resolver = IdentityResolver(None, state_url)
+    yield resolver
+    resolver.close()
 
 
 def of(result: MapResult, rtype: str) -> list[JSON]:

@@ -7,6 +7,7 @@ clusters with bounded work (gateway/identity/README.md, "Survivorship", "Possibl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,8 +52,11 @@ def adt(trigger: str, when: str, *, site: str = "HSA", pid: dict[int, str] | Non
 
 
 @pytest.fixture
-def resolver() -> IdentityResolver:
-    return IdentityResolver()
+def resolver(state_url: str) -> Iterator[IdentityResolver]:
+    """On both engines: in memory (SQLite) and a fresh PostgreSQL database (PIVOT_STATE_URL)."""
+    resolver = IdentityResolver(None, state_url)
+    yield resolver
+    resolver.close()
 
 
 def patient(resolver: IdentityResolver, result: MapResult) -> JSON:

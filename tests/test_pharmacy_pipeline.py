@@ -1,6 +1,6 @@
 """A pharmacy feed through the whole gateway in one process (embedded log), with the wiring the
-report gives for gateway/ and mappings/ applied here by monkeypatch (dispatch of map_message and
-check_supported, the pharmacy FHIR types, PharmacyRules beside DefiSanteRules):
+report gives for gateway/ applied here by monkeypatch where still missing (the pharmacy FHIR types,
+PharmacyRules beside DefiSanteRules; map_message and check_supported dispatch pharmacy themselves):
 
 an ER registration, an enrollment, then a pharmacy dispense by NAM only lands on the hospital's
 Patient, builds the profile, joins the care team and alerts the case manager; bad pharmacy messages
@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-import gateway.intake as intake_module
 import gateway.workers as workers_module
 from connectors.base import Origin
 from gateway.app import Gateway
@@ -26,23 +25,13 @@ from gateway.deadletters import list_deadletters
 from gateway.defisante import DefiSanteRules, codes
 from gateway.drain import wait_drained
 from gateway.eventlog.base import OutRecord
-from gateway.hl7v2 import Message
 from gateway.pharmacy import PharmacyRules
 from gateway.samples import er_message
 from gateway.settings import load_settings
-from mappings import MapContext, MapResult, check_supported, map_message
-from mappings.pharmacy import check_pharmacy_supported, is_pharmacy, map_pharmacy
+from mappings import MapResult
 from tests.test_pharmacy_support import add_pharmacy_params, dispense, message, seg
 
 PHARMACY_TYPES = ("MedicationRequest", "MedicationDispense", "MedicationAdministration", "MedicationStatement")
-
-
-def _check(msg: Message) -> None:
-    (check_pharmacy_supported if is_pharmacy(msg) else check_supported)(msg)
-
-
-def _map(msg: Message, ctx: MapContext) -> MapResult:
-    return map_pharmacy(msg, ctx) if is_pharmacy(msg) else map_message(msg, ctx)
 
 
 class _Rules:
@@ -62,9 +51,6 @@ class _Rules:
 @pytest.fixture
 def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
     add_pharmacy_params(monkeypatch)  # each step below is a no-op once the wiring is in place
-    monkeypatch.setattr(intake_module, "check_supported", _check)
-    monkeypatch.setattr(intake_module, "map_message", _map)
-    monkeypatch.setattr(workers_module, "map_message", _map)
     missing = tuple(t for t in PHARMACY_TYPES if t not in workers_module.FHIR_TYPES)
     monkeypatch.setattr(workers_module, "FHIR_TYPES", (*workers_module.FHIR_TYPES, *missing))
     gw = Gateway(load_settings(data_dir=tmp_path / "var"))

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import walcheckpoint
-from gateway.dedupe import DedupeIndex
+from gateway.eventlog import walcheckpoint
 from gateway.eventlog.base import OutRecord
 from gateway.eventlog.embedded import EmbeddedLog
+from gateway.eventlog.state.dedupe import open_dedupe
 
 
 def _open(path: Path) -> sqlite3.Connection:
@@ -106,7 +106,7 @@ def test_a_file_removed_meanwhile_is_not_created_again(tmp_path: Path) -> None:
 
 def test_the_intake_files_are_watched_and_checkpointed(tmp_path: Path, fast: None) -> None:
     log = EmbeddedLog(tmp_path / "log.sqlite")
-    dedupe = DedupeIndex(tmp_path / "state.sqlite")
+    dedupe = open_dedupe("", tmp_path)
     try:
         for i in range(20):
             log.append(OutRecord(topic="hl7v2.in", value=b"MSH|x", key=b"k", headers={}))

@@ -16,12 +16,11 @@ event id) and sees writes made by another process sharing the store file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from gateway.defisante.codes import JSON, ref_id
 from gateway.defisante.register import Register, Visit, site_of
-from gateway.fhirstore import FhirStore
+from gateway.fhirstore import FhirStore, queries
 from gateway.fhirstore.dates import date_range
 
 COMM_CATEGORY = "http://terminology.hl7.org/CodeSystem/communication-category"
@@ -116,23 +115,18 @@ def alert_json(alert: Alert, *, open_: bool, patient: JSON, site_label: str,
 # -- the live feed ---------------------------------------------------------------------------------
 def latest_seq(store: FhirStore) -> int:
     """The store's latest version sequence number of a Communication (0 when none)."""
-    with store.reading() as conn:
-        row = conn.execute("SELECT max(seq) FROM versions WHERE rtype = 'Communication'").fetchone()
-    return int(row[0] or 0)
+    return queries.latest_seq(store, "Communication")
 
 
 def alerts_after(store: FhirStore, seq: int, limit: int = 50) -> tuple[list[tuple[int, Alert]], int]:
     """Alerts written after ``seq`` (at most ``limit`` versions read) and the cursor to resume from."""
-    with store.reading() as conn:
-        rows = conn.execute("SELECT seq, body FROM versions WHERE rtype = 'Communication' AND seq > ? "
-                            "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
     out: list[tuple[int, Alert]] = []
     cursor = seq
-    for number, body in rows:
-        cursor = int(number)
+    for number, body in queries.versions_after(store, "Communication", seq, limit):
+        cursor = number
         if body is None:  # a deletion
             continue
-        alert = alert_of(json.loads(body))
+        alert = alert_of(body)
         if alert is not None:
             out.append((cursor, alert))
     return out, cursor

@@ -6,7 +6,8 @@
     candidates.py   $defi-sante-candidates: ranking, exclusions, the searchset Bundle and CSV
     enrollment.py   $defi-sante-enroll / $defi-sante-disenroll: Parameters → Flag, Goal, CarePlan,
                     CareTeam, Consent
-    roster.py       the enrolled clients and their teams, read back from the store
+    roster.py       the enrolled clients and their teams, read from the shared register (else the store)
+    shared.py       which writes reach the shared register (gateway/eventlog/state/register.py)
     publish.py      program writes: local store at once + fhir.<Type> + fhir.Bundle records
     alerts.py       DefiSanteRules.on_mapped: ER arrival / cancel / discharge Communications + events
     outcomes.py     $defi-sante-outcomes: ER visits and hospital days before / since enrollment

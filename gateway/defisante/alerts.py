@@ -11,26 +11,31 @@
 
 The client is found from the message's Patient, its Patient.link (merges) and, when the message
 carries no NAM (an ER that registers with the site MRN only), the Patients sharing one of its
-identifiers, by reading the Flag of each by its deterministic id in the local store (a message of
-a person who is not enrolled costs one or two indexed reads).
+identifiers, by reading the Flag of each by its deterministic id in the shared register (else the
+local store: a message of a person who is not enrolled costs a few indexed reads).
 
-Each Communication has a deterministic id per (Encounter, kind): the **store is the alert
-ledger**. An existing Communication from another message (a resent A04 with a new MSH-10, the A03
-of the same visit, the A08 that adds the NAM) means "already told": nothing is raised. One from
-the *same* message (the worker crashed before committing and reads it again) is published again,
-identical, so an alert is never lost. The Communications are written to the local store at once
-(readable at /fhir before the batch is committed) and returned to the mapping worker, which
-publishes them with the message's records: ``fhir.Communication``, one ``fhir.Bundle`` (delivery)
-and one event per Communication on ``defisante.alerts`` (schema in schemas/defisante/). With an
-``audit`` trail, each Communication raised is also an AuditEvent (``alert``: the gateway tells its
-recipients about the Patient; references only, see gateway/security/audit_disclosure.py).
+Each Communication has a deterministic id per (Encounter, kind), claimed in the **alert ledger**
+of the shared state (gateway/eventlog/state/ledger.py: one row per Communication, the message
+that raised it, its body) by one ``INSERT … ON CONFLICT DO NOTHING``: one claimed by another
+message (a resent A04 with a new MSH-10, the A03 of the same visit, the A08 that adds the NAM),
+on whichever instance, means "already told": nothing is raised. One claimed by the *same*
+message (a worker crashed before committing and the record is read again, here or on the
+instance its partition moved to) is published again, identical, so an alert is never lost. The
+enrollment is read from the shared register (roster.py), so an enrollment made through any
+instance counts as soon as its operation returned.
+
+The Communications are written to the local store at once (readable at /fhir before the batch
+is committed) and returned to the mapping worker, which publishes them with the message's
+records: ``fhir.Communication``, one ``fhir.Bundle`` (delivery) and one event per Communication
+on ``defisante.alerts`` (schema in schemas/defisante/). With an ``audit`` trail, each
+Communication raised is also an AuditEvent (``alert``: the gateway tells its recipients about the
+Patient; references only, see gateway/security/audit_disclosure.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from typing import TYPE_CHECKING
 
 from gateway.defisante import codes
@@ -41,9 +46,14 @@ from gateway.defisante.register import site_of
 from gateway.defisante.roster import Enrollment, active_enrollment, read
 from gateway.errors import PublishError, StoreError
 from gateway.eventlog.base import OutRecord
+from gateway.eventlog.state.db import SqliteDb, StateUnavailable
+from gateway.eventlog.state.ledger import AlertLedger
+from gateway.eventlog.state.migrate import migrate
+from gateway.eventlog.state.register import ProgramRegister
 from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore.dates import start_ms as _ms
+from gateway.fhirstore.queries import BackendError, ids_with_identifier
 from gateway.metrics import Metrics
 from gateway.security.audit_disclosure import alert_disclosure
 from gateway.settings import Settings
@@ -76,20 +86,27 @@ class DefiSanteRules:
     """The program's rule hook of the mapping worker (see the module docstring).
 
     Without a store (``DefiSanteRules()``, as a worker built alone gets) it raises nothing; with an
-    ``audit`` trail each alert raised is an AuditEvent.
+    ``audit`` trail each alert raised is an AuditEvent. ``ledger`` and ``register`` are the shared
+    state (gateway.eventlog.state: every instance's rules decide on the same rows); without them,
+    an in-memory ledger and the local store (one instance only).
     """
 
     def __init__(self, store: FhirStore | None = None, settings: Settings | None = None,
                  config: ProgramConfig | None = None, metrics: Metrics | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, ledger: AlertLedger | None = None,
+                 register: ProgramRegister | None = None) -> None:
         self.store = store
         self.settings = settings
         self.config = config or load_config()
         self.metrics = metrics or Metrics()
         self.audit = audit
+        self._own_ledger = ledger is None
+        self.ledger = ledger if ledger is not None else _memory_ledger()
+        self.register = register
 
     def close(self) -> None:
-        return None
+        if self._own_ledger:
+            self.ledger.close()
 
     def on_mapped(self, result: MapResult, received_at: str) -> list[OutRecord]:
         """Records to publish with the message's own (empty for nearly every message)."""
@@ -102,7 +119,9 @@ class DefiSanteRules:
         try:
             comms = self._communications(event, enc, result, received_at)
             return self._publish(comms, enc, result, received_at)
-        except (sqlite3.Error, StoreError) as exc:  # store busy or closed: the worker retries the batch
+        except StateUnavailable:  # the shared state is down: the worker retries the batch
+            raise
+        except (BackendError, StoreError) as exc:  # store busy or closed: the worker retries the batch
             raise PublishError(f"Défi Santé rules: store unavailable ({type(exc).__name__})") from exc
         except Exception as exc:  # noqa: BLE001 - a rule bug must never stop the feed; ids only in the log
             log.error("defisante rules failed error=%s control_id=%s", type(exc).__name__, result.control_id)
@@ -123,11 +142,7 @@ class DefiSanteRules:
         idents = [(str(i["system"]), str(i["value"])) for i in patient.get("identifier") or []
                   if isinstance(i, dict) and i.get("system") and i.get("value")]
         if idents and not any(system == codes.NAM_SYSTEM for system, _v in idents):
-            terms = " OR ".join("(t.system = ? AND t.code = ?)" for _ in idents)
-            sql = ("SELECT DISTINCT r.id FROM idx_token t JOIN resources r ON r.rk = t.rk WHERE "  # noqa: S608
-                   f"t.param = 'Patient.identifier' AND r.deleted = 0 AND ({terms}) LIMIT 20")
-            with self.store.reading() as conn:
-                ids += [str(row[0]) for row in conn.execute(sql, [v for pair in idents for v in pair])]
+            ids += ids_with_identifier(self.store, "Patient", idents, limit=20)
         return list(dict.fromkeys(ids))
 
     # -- what --------------------------------------------------------------------------------------
@@ -146,7 +161,7 @@ class DefiSanteRules:
         moment_ms = _ms(moment) or received_ms
         if received_ms - moment_ms > max_age_ms:
             return []  # history (a backfill): nobody is told about last year's visits
-        client = active_enrollment(self.store, self._patient_ids(result))
+        client = active_enrollment(self.store, self._patient_ids(result), self.register)
         if client is None:
             return []
         site = site_of(enc)
@@ -163,13 +178,12 @@ class DefiSanteRules:
     def _cancelled(self, enc: JSON, received_at: str) -> list[JSON]:
         assert self.store is not None
         eid = str(enc["id"])
-        sent = [c for k in (ARRIVAL, FAMILY)
-                if (c := read(self.store, "Communication", codes.communication_id(eid, k))) is not None]
+        sent = [c for k in (ARRIVAL, FAMILY) if (c := self._sent(codes.communication_id(eid, k))) is not None]
         if not sent:
             return []
         arrival = sent[0]
         pid = ref_id(arrival.get("subject"), "Patient") or ""
-        client = active_enrollment(self.store, [pid]) if pid else None
+        client = active_enrollment(self.store, [pid], self.register) if pid else None
         if client is None:
             return []
         recipients = list({json.dumps(r, sort_keys=True): r for c in sent for r in c.get("recipient") or []}.values())
@@ -212,13 +226,21 @@ class DefiSanteRules:
             comm["payload"].append({"contentReference": {"reference": f"Encounter/{eid}"}})
         return comm
 
-    def _new(self, comm: JSON, enc: JSON) -> bool:
-        """True unless this Communication was already raised by another message (the ledger)."""
+    def _sent(self, cid: str) -> JSON | None:
+        """A Communication raised: from the ledger (whichever instance raised it), else the store."""
         assert self.store is not None
-        existing = read(self.store, "Communication", str(comm["id"]))
-        if existing is None:
-            return True
-        return (existing.get("meta") or {}).get("source") == (enc.get("meta") or {}).get("source")
+        return self.ledger.sent(cid) or read(self.store, "Communication", cid)
+
+    def _new(self, comm: JSON, enc: JSON) -> bool:
+        """True unless this Communication was already raised by another message: claimed in the
+        shared ledger (gateway.eventlog.state.ledger) by the message (its meta.source) in one
+        statement. One found in the store but not in the ledger (raised before the ledger existed)
+        is noted as raised by its own message first."""
+        assert self.store is not None
+        cid = str(comm["id"])
+        existing = read(self.store, "Communication", cid)
+        prior = (str((existing.get("meta") or {}).get("source") or ""), existing) if existing is not None else None
+        return self.ledger.claim(cid, str((enc.get("meta") or {}).get("source") or ""), comm, prior=prior)
 
     # -- out ---------------------------------------------------------------------------------------
     def _publish(self, comms: list[JSON], enc: JSON, result: MapResult, received_at: str) -> list[OutRecord]:
@@ -247,3 +269,11 @@ class DefiSanteRules:
             log.info("defisante alert kind=%s communication=%s encounter=%s control_id=%s", kind, comm["id"],
                      enc["id"], result.control_id)
         return out
+
+
+def _memory_ledger() -> AlertLedger:
+    """A ledger of this object only (tests, a worker built alone): the store still tells what an
+    earlier run raised (``_new``)."""
+    db = SqliteDb(None)
+    migrate(db, "ledger")
+    return AlertLedger(db)

@@ -13,30 +13,26 @@ A **person** is a Patient id, after folding the Patients the store knows to be o
 MRN sent once without the NAM, once with it) — unless two different NAMs share it (a data
 conflict is never folded). The person's id is the Patient with a NAM that was not replaced.
 
-Why SQL: the store's search API pages 1,000 resources at a time and builds Bundles; the register
-needs every current Encounter, Condition and Patient at once, so :func:`build` reads the current
-versions straight from the store's ``resources``/``versions`` tables through
-``FhirStore.reading()`` (one read-only snapshot), SQLite's JSON functions cutting out only the
-elements used. A year of 5,000 people (~3,600 ER visits, ~1,900 Patients) takes about a third of
-a second on a shared 2-core machine; :class:`RegisterCache` rebuilds only when the store changed.
+Why not a search: the store's search API pages 1,000 resources at a time and builds Bundles; the register
+needs every current Encounter, Condition and Patient at once, so :func:`build` asks the store for
+them by name (``gateway.fhirstore.queries.current_projected``: one read-only snapshot, SQLite's JSON
+functions cutting out only the elements used). A year of 5,000 people (~3,600 ER visits, ~1,900
+Patients) takes about a third of a second on a shared 2-core machine; :class:`RegisterCache` rebuilds
+only when the store changed.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from gateway.defisante.codes import EMERGENCY, INPATIENT, JSON, NAM_SYSTEM, ref_id
 from gateway.fhirstore import FhirStore
 from gateway.fhirstore.dates import start_ms as _ms
+from gateway.fhirstore.queries import current_projected, store_version
 
-_CURRENT = ("SELECT {projection} FROM resources r JOIN versions v ON v.rk = r.rk AND v.version = r.version "
-            "WHERE r.rtype = ? AND r.deleted = 0")
 # The elements the register reads, per type: SQLite's JSON functions cut them out of each body, so
 # Python decodes a few hundred bytes per resource instead of the whole resource (3x faster).
 _FIELDS: dict[str, tuple[str, ...]] = {
@@ -118,22 +114,6 @@ class Register:
         for visit in self.visits:
             out[visit.person_id].append(visit)
         return out
-
-
-def _rows(conn: sqlite3.Connection, rtype: str) -> Iterator[JSON]:
-    """The current resources of ``rtype``, reduced to id, meta.source and the elements in _FIELDS."""
-    parts = ["'id', r.id", "'meta', json_object('source', json_extract(v.body, '$.meta.source'))"]
-    parts += [f"'{name}', json_extract(v.body, '$.{name}')" for name in _FIELDS[rtype]]
-    sql = _CURRENT.format(projection=f"json_object({', '.join(parts)})")
-    for (body,) in conn.execute(sql, (rtype,)):
-        yield json.loads(body)
-
-
-def store_version(store: FhirStore) -> int:
-    """A number that changes whenever anything is written to the store."""
-    with store.reading() as conn:
-        row = conn.execute("SELECT max(seq) FROM versions").fetchone()
-    return int(row[0] or 0)
 
 
 def site_of(resource: JSON) -> str:
@@ -232,11 +212,9 @@ def persons(patients: list[JSON]) -> tuple[dict[str, Person], dict[str, str]]:
 
 def build(store: FhirStore) -> Register:
     """Read the register from one snapshot of the store."""
-    with store.reading() as conn:
-        version = int(conn.execute("SELECT max(seq) FROM versions").fetchone()[0] or 0)
-        patients = list(_rows(conn, "Patient"))
-        conditions = list(_rows(conn, "Condition"))
-        encounters = list(_rows(conn, "Encounter"))
+    snapshot = current_projected(store, _FIELDS)
+    version = snapshot.version
+    patients, conditions, encounters = (snapshot.resources[t] for t in ("Patient", "Condition", "Encounter"))
     people, person_of = persons(patients)
     codes_by_condition = {str(c["id"]): _codes(c.get("code")) for c in conditions}
     by_encounter: dict[str, list[str]] = defaultdict(list)

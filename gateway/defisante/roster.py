@@ -1,8 +1,10 @@
-"""Who is enrolled, and who is on their team: the program's resources read back from the store.
+"""Who is enrolled, and who is on their team: the program's resources read back.
 
 Each enrolled person has one Flag, CarePlan, CareTeam and Consent with deterministic ids
-(:mod:`gateway.defisante.codes`), so reading a client's enrollment is four reads by id; the
-cohort is every Flag coded ``defi-sante`` (active or ended).
+(:mod:`gateway.defisante.codes`), so reading a client's enrollment is four reads by id — from the
+shared register (gateway.eventlog.state.register: what every instance's rules read, written when
+the enrollment is) when one is given, else from the store; the cohort is every Flag coded
+``defi-sante`` (active or ended) in the store.
 
 The family-involvement Consent (see ``enrollment.py``) says who of the family may be told: its
 base provision is ``deny``; each nested ``permit`` provision names the RelatedPersons (actor role
@@ -12,13 +14,15 @@ not active, a RelatedPerson not named — means the family is not told.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from gateway.defisante import codes
 from gateway.defisante.codes import JSON, ref_id
 from gateway.errors import StoreError
+from gateway.eventlog.state.db import StateUnavailable
+from gateway.eventlog.state.register import ProgramRegister
 from gateway.fhirstore import FhirStore
+from gateway.fhirstore.queries import current_with_token
 
 
 def read(store: FhirStore, rtype: str, rid: str) -> JSON | None:
@@ -83,32 +87,44 @@ class Enrollment:
         return out
 
 
-def enrollment(store: FhirStore, patient_id: str) -> Enrollment | None:
-    """The client's program resources, None when the person was never enrolled."""
-    flag = read(store, "Flag", codes.flag_id(patient_id))
+def program(store: FhirStore, register: ProgramRegister | None, rtype: str, rid: str) -> JSON | None:
+    """A program resource (Flag, CarePlan, CareTeam, Consent of a client) from the shared register,
+    or from the store when the register never held it (no register; data of an older version)."""
+    if register is not None:
+        try:
+            known, body = register.get(rtype, rid)
+        except StateUnavailable:  # a 503 for the operations, a retry for the rules (like a busy store)
+            raise StoreError("the shared state is unavailable, retry later", status=503,
+                             issue_code="transient") from None
+        if known:
+            return body
+    return read(store, rtype, rid)
+
+
+def enrollment(store: FhirStore, patient_id: str, register: ProgramRegister | None = None) -> Enrollment | None:
+    """The client's program resources, None when the person was never enrolled (``register``:
+    read from the shared register first, see :func:`program`)."""
+    flag = program(store, register, "Flag", codes.flag_id(patient_id))
     if flag is None or not codes.has_code(flag.get("code"), codes.PROGRAM):
         return None
-    return Enrollment(patient_id, flag, read(store, "CarePlan", codes.careplan_id(patient_id)),
-                      read(store, "CareTeam", codes.careteam_id(patient_id)),
-                      read(store, "Consent", codes.consent_id(patient_id)))
+    return Enrollment(patient_id, flag, program(store, register, "CarePlan", codes.careplan_id(patient_id)),
+                      program(store, register, "CareTeam", codes.careteam_id(patient_id)),
+                      program(store, register, "Consent", codes.consent_id(patient_id)))
 
 
-def active_enrollment(store: FhirStore, patient_ids: list[str]) -> Enrollment | None:
+def active_enrollment(store: FhirStore, patient_ids: list[str],
+                      register: ProgramRegister | None = None) -> Enrollment | None:
     """The active enrollment of the first of ``patient_ids`` that has one (reads Flags by id)."""
     for pid in patient_ids:
-        flag = read(store, "Flag", codes.flag_id(pid))
+        flag = program(store, register, "Flag", codes.flag_id(pid))
         if flag is not None and flag.get("status") == "active" and codes.has_code(flag.get("code"), codes.PROGRAM):
-            return enrollment(store, pid)
+            return enrollment(store, pid, register)
     return None
 
 
 def cohort(store: FhirStore) -> list[Enrollment]:
     """Every client ever enrolled (active or ended), by Flag start."""
-    sql = ("SELECT v.body FROM resources r JOIN versions v ON v.rk = r.rk AND v.version = r.version "
-           "WHERE r.rtype = 'Flag' AND r.deleted = 0 AND r.rk IN "
-           "(SELECT rk FROM idx_token WHERE param = 'Flag.code' AND system = ? AND code = ?)")
-    with store.reading() as conn:
-        flags = [json.loads(body) for (body,) in conn.execute(sql, (codes.CODESYSTEM, codes.PROGRAM))]
+    flags = current_with_token(store, "Flag", "Flag.code", codes.CODESYSTEM, codes.PROGRAM)
     out: list[Enrollment] = []
     for flag in flags:
         pid = ref_id(flag.get("subject"), "Patient")

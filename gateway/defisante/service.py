@@ -28,9 +28,12 @@ from gateway.defisante.enrollment import (
 from gateway.defisante.publish import write_and_publish
 from gateway.defisante.register import Register, RegisterCache, nam_of
 from gateway.defisante.roster import cohort, enrollment, read
+from gateway.defisante.shared import register_written
 from gateway.delivery.bundle import search_escape
 from gateway.errors import StoreError
 from gateway.eventlog.base import EventLog
+from gateway.eventlog.state.db import StateUnavailable
+from gateway.eventlog.state.register import ProgramRegister
 from gateway.fhirstore import FhirStore, Outcome
 from gateway.fhirstore.bundles import response_bundle
 from gateway.fhirstore.dates import date_range, instant_text
@@ -60,11 +63,15 @@ class CandidateList:
 
 
 class DefiSante:
-    """Candidates, enrollment, outcomes and the cohort over ``store`` (+ ``log`` for writes)."""
+    """Candidates, enrollment, outcomes and the cohort over ``store`` (+ ``log`` for writes;
+    ``register``: the shared register the alert rules of every instance read, written by enroll
+    and disenroll before they return)."""
 
     def __init__(self, store: FhirStore, log: EventLog | None, settings: Settings,
-                 config: ProgramConfig | None = None, authorizer: Authorizer | None = None) -> None:
+                 config: ProgramConfig | None = None, authorizer: Authorizer | None = None,
+                 register: ProgramRegister | None = None) -> None:
         self.store = store
+        self.register_state = register
         self.log = log
         self.settings = settings
         self.config = config or load_config()
@@ -118,7 +125,13 @@ class DefiSante:
     def _write(self, resources: list[JSON], pid: str, action: str) -> list[Outcome]:
         if self.log is None:
             raise StoreError("this process cannot publish (no event log)", status=503, issue_code="transient")
-        return write_and_publish(self.store, self.log, self.settings, resources, key=pid, action=action)
+        outcomes_ = write_and_publish(self.store, self.log, self.settings, resources, key=pid, action=action)
+        try:
+            register_written(self.register_state, resources)
+        except StateUnavailable:  # written and published; retrying the operation registers it
+            raise StoreError("the shared state is unavailable: retry the operation", status=503,
+                             issue_code="transient") from None
+        return outcomes_
 
     def enroll(self, patient_id: str, body: Any, headers: Mapping[str, str]) -> list[Outcome]:
         req = parse_enroll(body)
@@ -133,7 +146,7 @@ class DefiSante:
             rp = read(self.store, "RelatedPerson", ref_id(relative, "RelatedPerson") or "")
             if rp is None or self.register().person(ref_id(rp.get("patient"), "Patient") or "") != pid:
                 raise bad("parameter relatedPerson: not a RelatedPerson of this patient")
-        current = enrollment(self.store, pid)
+        current = enrollment(self.store, pid, self.register_state)
         resources = enroll_resources(patient, req, current, goals_of(self.store, current))
         return self._write(resources, pid, "enroll")
 
@@ -154,7 +167,7 @@ class DefiSante:
                     raise bad("parameter end: not a FHIR date or dateTime") from None
         self.authorizer.authorize("disenroll", patient_id, headers)
         pid = str(self._person(patient_id)["id"])
-        current = enrollment(self.store, pid)
+        current = enrollment(self.store, pid, self.register_state)
         if current is None:
             raise StoreError("this patient is not enrolled in Défi Santé", status=404, issue_code="not-found")
         return self._write(disenroll_resources(current, goals_of(self.store, current), end), pid, "disenroll")

@@ -21,8 +21,8 @@ no random): the same message always gives byte-identical JSON, so a replay is ha
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,7 +95,7 @@ def message_bundle(resources: list[JSON], *, sender: str, control_id: str) -> JS
     urns = {key: entry_urn(*key.split("/", 1)) for key in unique}
     entries = []
     for key, res in unique.items():
-        body = copy.deepcopy(res)
+        body = json.loads(json.dumps(res))  # a copy of plain JSON: ~1.5x cheaper than copy.deepcopy
         for ref in iter_references(body):
             target = urns.get(ref["reference"])
             if target is not None:

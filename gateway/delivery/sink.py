@@ -20,10 +20,10 @@ from gateway.delivery.client import FhirClient
 from gateway.envelope import deadletter_headers
 from gateway.errors import DeliverError, PublishError
 from gateway.eventlog.base import EventLog, OutRecord, Record
+from gateway.eventlog.worker import Worker
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.topics import DEADLETTER
-from gateway.workers import Worker
 
 log = logging.getLogger("pivot.delivery")
 

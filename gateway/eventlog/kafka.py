@@ -207,6 +207,31 @@ class KafkaLog:
                 self._admin = None
 
 
+def group_members(bootstrap: str, group: str, timeout_ms: int = 5000) -> list[str] | None:
+    """The member ids of the consumer group's members now (DescribeGroups; a member id is the
+    client id + ``-`` + a unique suffix), None when the broker cannot tell (unreachable, or the
+    request refused). tansu 0.6 answers it (with an empty client id, and an
+    ``authorized_operations`` value kafka-python cannot decode: the decoding of ACL operations is
+    skipped, not used here); it keeps listing a member killed without leaving the group."""
+    admin: Any = None
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="pivot-group-check",
+                                 request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
+                                 reconnect_backoff_max_ms=_RECONNECT_BACKOFF_MAX_MS)
+        admin._process_acl_operations = lambda description: description
+        described = admin.describe_groups([group])
+    except (KafkaError, OSError, ValueError) as exc:
+        log.warning("consumer group %s not described (%s)", group, type(exc).__name__)
+        return None
+    finally:
+        if admin is not None:
+            admin.close()
+    found = described.get(group) or {}
+    if found.get("error"):
+        return None
+    return [str(m.get("member_id") or "") for m in found.get("members") or [] if isinstance(m, dict)]
+
+
 def _topic_results(response: Any) -> list[tuple[str, int]]:
     """(name, error code) per topic from a CreateTopics response (object or dict form)."""
     topics = response.get("topics", []) if isinstance(response, dict) else getattr(response, "topics", [])

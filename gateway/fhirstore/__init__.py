@@ -14,6 +14,7 @@
     careteam.py      who may learn about a client: the care-team and consent rule (subscribers, API clients)
     bundles.py       searchset / history / response Bundles, OperationOutcome
     capability.py    the CapabilityStatement
+    queries.py       named read queries for the rules and the console (SQL stays in this package)
 """
 
 from gateway.fhirstore.store import FhirStore

@@ -3,7 +3,8 @@
 Tables: ``resources`` (one row per logical resource: current version, time, deleted flag, content
 digest), ``versions`` (every version's JSON, the history), and four index tables (``idx_token``,
 ``idx_ref``, ``idx_date``, ``idx_string``) filled on write from the search-parameter table in
-:mod:`gateway.fhirstore.params`; when that table changes, the index is rebuilt on open.
+:mod:`gateway.fhirstore.params`; when that table changes, the index is rebuilt on open, and when
+the content digest's scheme changes (``writer.DIGEST_SCHEME``), the digests are recomputed on open.
 
 Threads: writes go through one connection under a lock, one ``BEGIN IMMEDIATE`` transaction per
 call (a whole ``upsert_many`` batch, a whole FHIR transaction); readers (FastAPI's worker threads)
@@ -42,7 +43,7 @@ from gateway.eventlog.embedded import private_dir
 from gateway.fhirstore import params as _params
 from gateway.fhirstore.query import Params, Query, parse_history, parse_search
 from gateway.fhirstore.search import Entry, Page, history, read_current, search
-from gateway.fhirstore.writer import Outcome, Writer, check_id, check_type
+from gateway.fhirstore.writer import DIGEST_SCHEME, Outcome, Writer, check_id, check_type
 
 log = logging.getLogger("pivot.fhirstore")
 
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS idx_string (rk INTEGER NOT NULL, param TEXT NOT NULL,
 CREATE INDEX IF NOT EXISTS idx_string_value ON idx_string(param, norm);
 CREATE INDEX IF NOT EXISTS idx_string_rk ON idx_string(rk);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ranks (rk INTEGER PRIMARY KEY, resolved INTEGER NOT NULL);
 """
 
 
@@ -122,6 +124,7 @@ class FhirStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.executescript(_SCHEMA)
         self._reindex_if_params_changed()
+        self._rehash_if_digest_changed()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def close(self) -> None:
@@ -146,6 +149,17 @@ class FhirStore:
         with self.writing() as writer:
             writer.reindex_all()
             writer.conn.execute("INSERT OR REPLACE INTO store_meta(key, value) VALUES ('params', ?)", (wanted,))
+
+    def _rehash_if_digest_changed(self) -> None:
+        row = self._conn.execute("SELECT value FROM store_meta WHERE key = 'digest'").fetchone()
+        if row is not None and row[0] == DIGEST_SCHEME:
+            return
+        with self.writing() as writer:
+            count = writer.rehash_all()
+            writer.conn.execute("INSERT OR REPLACE INTO store_meta(key, value) VALUES ('digest', ?)",
+                                (DIGEST_SCHEME,))
+        if count:
+            log.info("FHIR store: %d content digests recomputed (digest scheme %s)", count, DIGEST_SCHEME)
 
     def reindex(self) -> int:
         """Rebuild the search index of every current resource; returns how many were indexed."""
@@ -207,8 +221,14 @@ class FhirStore:
             if writer.changes and self._listeners:
                 self._notify(writer.changes)
 
-    def upsert_many(self, resources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], bool]]:
+    def upsert_many(self, resources: list[dict[str, Any]],
+                    ranks: list[int] | None = None) -> list[tuple[dict[str, Any], bool]]:
         """Write a batch in one transaction: ``(stored resource, changed?)`` per resource, in order.
+
+        ``ranks``: per resource, the identity resolution that produced this copy (the fhir envelope's
+        ``resolved``; 0: unranked, always written). A copy ranked below the one the store holds is
+        older news arriving late (records of two messages mapped on two partitions or instances):
+        it changes nothing (``changed`` False).
 
         Content equal to the current version (ignoring meta.versionId/lastUpdated) writes nothing;
         anything else becomes a new version. Resources are trusted (validated by the mapper).
@@ -219,7 +239,7 @@ class FhirStore:
             return []
         try:
             with self.writing() as writer:
-                outcomes = [writer.put(resource) for resource in resources]
+                outcomes = writer.put_many(resources, ranks)
         except sqlite3.Error as exc:
             raise PublishError(f"FHIR store write failed ({type(exc).__name__})") from exc
         return [(o.resource or {}, o.changed) for o in outcomes]

@@ -7,6 +7,13 @@ together. A put whose content equals the current version (canonical JSON, ignori
 stamps ``meta``, keeps the previous versions and re-indexes the resource. Each write that changed
 something is appended to ``Writer.changes``; the store hands that list to its listeners once the
 transaction has committed (see ``FhirStore.add_listener``).
+
+``put_many`` is the store sink's path (``FhirStore.upsert_many``): the outcomes of ``put`` for each
+resource in order, in a number of statements that does not grow with the batch — one SELECT of the
+batch's current rows, then ``executemany`` for resource rows, versions and index rows. An unchanged
+resource costs its digest only; a resource changed twice in one batch gets both versions and is
+indexed once (its last version). Each resource is serialised once: the canonical text of its
+body (all but resourceType, id and meta) gives both the digest and the stored text (:func:`_texts`).
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import StoreError
-from gateway.fhir.models import canonical_json
 from gateway.fhirstore.dates import instant_text
 from gateway.fhirstore.extract import extract
 from gateway.fhirstore.params import RESULT_PARAMS, supported
@@ -31,6 +37,19 @@ from gateway.fhirstore.search import search
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 Status = Literal["created", "updated", "unchanged", "deleted"]
 _VOLATILE_META = ("versionId", "lastUpdated")
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_HEAD = ("resourceType", "id", "meta")
+DIGEST_SCHEME = "2"
+"""How ``resources.hash`` is computed (store_meta ``digest``): a store written under another scheme is
+rehashed once on open (``FhirStore``), so its unchanged resources keep comparing equal."""
+_IN_CHUNK = 500  # ids per "IN (...)" look-up (SQLite's variable limit is far above)
+_INDEX_SQL = (
+    ("tokens", "INSERT INTO idx_token(rk, param, system, code) VALUES (?,?,?,?)"),
+    ("refs", "INSERT INTO idx_ref(rk, param, ttype, tid) VALUES (?,?,?,?)"),
+    ("dates", "INSERT INTO idx_date(rk, param, lo, hi) VALUES (?,?,?,?)"),
+    ("strings", "INSERT INTO idx_string(rk, param, norm, raw) VALUES (?,?,?,?)"),
+)
+_INDEX_TABLES = ("idx_token", "idx_ref", "idx_date", "idx_string")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,22 +108,56 @@ def content_of(resource: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _stamp(content: dict[str, Any], version: int, lu_ms: int) -> dict[str, Any]:
-    got = content.get("meta")
-    meta: dict[str, Any] = got if isinstance(got, dict) else {}
-    head = {"resourceType": content["resourceType"], "id": content["id"],
-            "meta": {"versionId": str(version), "lastUpdated": instant_text(lu_ms), **meta}}
-    return head | {k: v for k, v in content.items() if k not in head}
+def _texts(content: dict[str, Any]) -> tuple[str, str]:
+    """Canonical JSON of ``content`` without resourceType, id and meta (its body), and of its meta
+    without ``meta.source`` ("" when nothing is left): what the digest and the stored text are made of."""
+    base = _CANONICAL.encode({k: v for k, v in content.items() if k not in _HEAD})
+    meta = content.get("meta")
+    if isinstance(meta, dict):
+        kept = {k: v for k, v in meta.items() if k != "source"}
+        return base, _CANONICAL.encode(kept) if kept else ""
+    return base, _CANONICAL.encode(meta) if "meta" in content else ""
+
+
+def _digest(base: str, meta: str) -> bytes:
+    return hashlib.blake2b(f"{base}\n{meta}".encode(), digest_size=16).digest()
 
 
 def digest(content: dict[str, Any]) -> bytes:
-    """Change-detection digest: ``meta.source`` (which names the message that carried the resource) is
-    left out, so a shared Organization or Location resent by every message gets no new version."""
-    meta = content.get("meta")
-    if isinstance(meta, dict) and "source" in meta:
-        rest = {k: v for k, v in meta.items() if k != "source"}
-        content = {k: v for k, v in content.items() if k != "meta"} | ({"meta": rest} if rest else {})
-    return hashlib.blake2b(canonical_json(content).encode(), digest_size=16).digest()
+    """Change-detection digest (scheme :data:`DIGEST_SCHEME`): ``meta.source`` (which names the message
+    that carried the resource) is left out, so a shared Organization or Location resent by every
+    message gets no new version."""
+    return _digest(*_texts(content))
+
+
+def _body(stored: dict[str, Any], base: str) -> str:
+    """The JSON text of ``stored`` (a stamped resource) from its body's canonical text: resourceType,
+    id and meta first, the rest in canonical (sorted) order — no second serialisation."""
+    head = (f'{{"resourceType":{_CANONICAL.encode(stored["resourceType"])},"id":{_CANONICAL.encode(stored["id"])},'
+            f'"meta":{_CANONICAL.encode(stored["meta"])}')
+    return head + ("}" if base == "{}" else "," + base[1:])
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One resource to write: checked, its volatile meta removed, digested, its body serialised."""
+
+    rtype: str
+    rid: str
+    content: dict[str, Any]
+    digest: bytes
+    base: str  # canonical JSON of the content without resourceType, id and meta
+
+
+def _prepare(resource: dict[str, Any]) -> _Prepared:
+    rtype = resource.get("resourceType")
+    if not isinstance(rtype, str):
+        raise StoreError("resource without resourceType", status=400, issue_code="structure")
+    check_type(rtype)
+    rid = check_id(resource.get("id"))
+    content = content_of(resource)
+    base, meta = _texts(content)
+    return _Prepared(rtype, rid, content, _digest(base, meta), base)
 
 
 class Writer:
@@ -114,12 +167,29 @@ class Writer:
         self.conn = conn
         self.now_ms = now_ms
         self.changes: list[Outcome] = []  # what this transaction changed, in order (for store listeners)
+        self._instants: dict[int, str] = {}
 
     def _current(self, rtype: str, rid: str) -> _Current | None:
         row = self.conn.execute(
             "SELECT rk, version, lu_ms, deleted, hash FROM resources WHERE rtype = ? AND id = ?",
             (rtype, rid)).fetchone()
         return None if row is None else _Current(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    def _current_many(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], _Current]:
+        """The current rows of ``keys`` ((type, id) pairs), one query per type and 500 ids."""
+        by_type: dict[str, list[str]] = {}
+        for rtype, rid in keys:
+            by_type.setdefault(rtype, []).append(rid)
+        out: dict[tuple[str, str], _Current] = {}
+        for rtype, ids in by_type.items():
+            for at in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[at:at + _IN_CHUNK]
+                rows = self.conn.execute(
+                    "SELECT rk, id, version, lu_ms, deleted, hash FROM resources "  # noqa: S608 (marks only)
+                    f"WHERE rtype = ? AND id IN ({','.join('?' * len(chunk))})", (rtype, *chunk))
+                for rk, rid, version, lu_ms, deleted, hash_ in rows:
+                    out[(rtype, rid)] = _Current(rk, version, lu_ms, bool(deleted), hash_)
+        return out
 
     def current_version(self, rtype: str, rid: str) -> int | None:
         """The current version of a live resource, None when absent or deleted."""
@@ -134,20 +204,16 @@ class Writer:
 
     def put(self, resource: dict[str, Any], *, if_match: int | None = None, method: str = "PUT") -> Outcome:
         """Create or update (version-aware, idempotent) one resource that has resourceType and id."""
-        rtype = resource.get("resourceType")
-        if not isinstance(rtype, str):
-            raise StoreError("resource without resourceType", status=400, issue_code="structure")
-        check_type(rtype)
-        rid = check_id(resource.get("id"))
-        content = content_of(resource)
-        new_digest = digest(content)
+        p = _prepare(resource)
+        rtype, rid, content, new_digest = p.rtype, p.rid, p.content, p.digest
         cur = self._current(rtype, rid)
         self._check_match(cur, if_match)
         if cur is not None and not cur.deleted and cur.digest == new_digest:
-            return Outcome(rtype, rid, cur.version, cur.lu_ms, "unchanged", _stamp(content, cur.version, cur.lu_ms))
+            unchanged = self._stamp(content, cur.version, cur.lu_ms)
+            return Outcome(rtype, rid, cur.version, cur.lu_ms, "unchanged", unchanged)
         version = 1 if cur is None else cur.version + 1
         lu_ms = self.now_ms if cur is None else max(self.now_ms, cur.lu_ms)
-        stored = _stamp(content, version, lu_ms)
+        stored = self._stamp(content, version, lu_ms)
         if cur is None:
             rk = self.conn.execute(
                 "INSERT INTO resources(rtype, id, version, lu_ms, deleted, hash) VALUES (?,?,?,?,0,?)",
@@ -159,13 +225,105 @@ class Writer:
                               (version, lu_ms, new_digest, rk))
             self._unindex(rk)
         self.conn.execute("INSERT INTO versions(rk, rtype, version, lu_ms, method, body) VALUES (?,?,?,?,?,?)",
-                          (rk, rtype, version, lu_ms, method,
-                           json.dumps(stored, ensure_ascii=False, separators=(",", ":"))))
+                          (rk, rtype, version, lu_ms, method, _body(stored, p.base)))
         self.index(rk, stored)
         status: Status = "created" if cur is None or cur.deleted else "updated"
         outcome = Outcome(rtype, rid, version, lu_ms, status, stored)
         self.changes.append(outcome)
         return outcome
+
+    def put_many(self, resources: list[dict[str, Any]], ranks: list[int] | None = None) -> list[Outcome]:
+        """``put`` of each resource in order (method PUT, no If-Match), batched (module docstring).
+        ``ranks``: see FhirStore.upsert_many (a copy ranked below the stored one changes nothing)."""
+        prepared = [_prepare(resource) for resource in resources]  # a bad one refuses the batch, before any write
+        current = self._current_many({(p.rtype, p.rid) for p in prepared})
+        existed = {cur.rk for cur in current.values()}
+        next_rk = int(self.conn.execute("SELECT coalesce(max(rk), 0) + 1 FROM resources").fetchone()[0])
+        held = self._ranks({cur.rk for cur in current.values()}) if ranks and any(ranks) else {}
+        outcomes: list[Outcome] = []
+        versions: list[tuple[Any, ...]] = []
+        last: dict[int, tuple[_Prepared, dict[str, Any]]] = {}  # rk → its last version this batch
+        for n, p in enumerate(prepared):
+            cur = current.get((p.rtype, p.rid))
+            rank = ranks[n] if ranks else 0
+            if rank and cur is not None:
+                if held.get(cur.rk, 0) > rank:  # older news: the store holds a later resolution's copy
+                    outcomes.append(Outcome(p.rtype, p.rid, cur.version, cur.lu_ms, "unchanged",
+                                            self._stamp(p.content, cur.version, cur.lu_ms)))
+                    continue
+                held[cur.rk] = rank
+            elif rank:
+                held[next_rk] = rank
+            if cur is not None and not cur.deleted and cur.digest == p.digest:
+                outcomes.append(Outcome(p.rtype, p.rid, cur.version, cur.lu_ms, "unchanged",
+                                        self._stamp(p.content, cur.version, cur.lu_ms)))
+                continue
+            rk = next_rk if cur is None else cur.rk
+            next_rk += cur is None
+            version = 1 if cur is None else cur.version + 1
+            lu_ms = self.now_ms if cur is None else max(self.now_ms, cur.lu_ms)
+            stored = self._stamp(p.content, version, lu_ms)
+            versions.append((rk, p.rtype, version, lu_ms, "PUT", _body(stored, p.base)))
+            current[(p.rtype, p.rid)] = _Current(rk, version, lu_ms, False, p.digest)
+            last[rk] = (p, stored)
+            status: Status = "created" if cur is None or cur.deleted else "updated"
+            outcome = Outcome(p.rtype, p.rid, version, lu_ms, status, stored)
+            outcomes.append(outcome)
+            self.changes.append(outcome)
+        self._write_rows(current, existed, versions, last)
+        if held:
+            self.conn.executemany("INSERT INTO ranks(rk, resolved) VALUES (?, ?) ON CONFLICT(rk) DO UPDATE "
+                                  "SET resolved = max(resolved, excluded.resolved)", list(held.items()))
+        return outcomes
+
+    def _ranks(self, rks: set[int]) -> dict[int, int]:
+        """The rank of the copy each of ``rks`` holds (FhirStore.upsert_many), one query per 500."""
+        out: dict[int, int] = {}
+        ordered = sorted(rks)
+        for at in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[at:at + _IN_CHUNK]
+            rows = self.conn.execute(f"SELECT rk, resolved FROM ranks WHERE rk IN ({','.join('?' * len(chunk))})",  # noqa: S608
+                                     chunk)
+            out.update((int(rk), int(resolved)) for rk, resolved in rows)
+        return out
+
+    def _write_rows(self, current: dict[tuple[str, str], _Current], existed: set[int],
+                    versions: list[tuple[Any, ...]], last: dict[int, tuple[_Prepared, dict[str, Any]]]) -> None:
+        """The statements of ``put_many``: resource rows, versions, then the index of each changed resource."""
+        if not last:
+            return
+        rows = [(cur.rk, rtype, rid, cur.version, cur.lu_ms, cur.digest)
+                for (rtype, rid), cur in current.items() if cur.rk in last]
+        self.conn.executemany("INSERT INTO resources(rk, rtype, id, version, lu_ms, deleted, hash) "
+                              "VALUES (?,?,?,?,?,0,?)", [r for r in rows if r[0] not in existed])
+        self.conn.executemany("UPDATE resources SET version = ?, lu_ms = ?, deleted = 0, hash = ? WHERE rk = ?",
+                              [(r[3], r[4], r[5], r[0]) for r in rows if r[0] in existed])
+        stale = [(rk,) for rk in last if rk in existed]
+        if stale:
+            for table in _INDEX_TABLES:
+                self.conn.executemany(f"DELETE FROM {table} WHERE rk = ?", stale)  # noqa: S608 (fixed names)
+        self.conn.executemany("INSERT INTO versions(rk, rtype, version, lu_ms, method, body) VALUES (?,?,?,?,?,?)",
+                              versions)
+        index: dict[str, list[tuple[Any, ...]]] = {kind: [] for kind, _sql in _INDEX_SQL}
+        for rk, (_p, stored) in last.items():
+            extracted = extract(stored)
+            for kind, _sql in _INDEX_SQL:
+                index[kind].extend((rk, *row) for row in getattr(extracted, kind))
+        for kind, sql in _INDEX_SQL:
+            if index[kind]:
+                self.conn.executemany(sql, index[kind])
+
+    def _stamp(self, content: dict[str, Any], version: int, lu_ms: int) -> dict[str, Any]:
+        """``content`` with ``meta.versionId``/``lastUpdated`` first; this transaction's instants are
+        formatted once (a batch shares one or two)."""
+        text = self._instants.get(lu_ms)
+        if text is None:
+            text = self._instants[lu_ms] = instant_text(lu_ms)
+        got = content.get("meta")
+        meta: dict[str, Any] = got if isinstance(got, dict) else {}
+        head = {"resourceType": content["resourceType"], "id": content["id"],
+                "meta": {"versionId": str(version), "lastUpdated": text, **meta}}
+        return head | {k: v for k, v in content.items() if k not in head}
 
     def delete(self, rtype: str, rid: str, *, if_match: int | None = None) -> Outcome:
         """Mark a resource deleted (a new, empty version); deleting it again changes nothing."""
@@ -224,6 +382,15 @@ class Writer:
             "WHERE r.deleted = 0").fetchall()
         for rk, body in rows:
             self.index(rk, json.loads(body))
+        return len(rows)
+
+    def rehash_all(self) -> int:
+        """Recompute the digest of every current resource (a new :data:`DIGEST_SCHEME`); returns how many."""
+        rows = self.conn.execute(
+            "SELECT r.rk, v.body FROM resources r JOIN versions v ON v.rk = r.rk AND v.version = r.version "
+            "WHERE r.deleted = 0").fetchall()
+        self.conn.executemany("UPDATE resources SET hash = ? WHERE rk = ?",
+                              [(digest(content_of(json.loads(body))), rk) for rk, body in rows])
         return len(rows)
 
     @contextlib.contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import traceback
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from fastapi.routing import APIRoute
 
 from gateway.errors import StoreError
 from gateway.fhirstore.bundles import operation_outcome
+from gateway.fhirstore.queries import past_limits
 from gateway.security.limits import BodyTooLarge, body_limit, declared_length, limits_of, parse_json
 
 log = logging.getLogger("pivot.fhir")
@@ -55,12 +55,11 @@ _INPUT_ERRORS: tuple[tuple[type[BaseException], str, str], ...] = (
     (RecursionError, "too-costly", "the request nests too deeply"),
     (UnicodeError, "invalid", "the request is not valid UTF-8"),
 )
-_SQLITE_LIMITS = ("too many", "too large", "too complex", "too big", "stack overflow")
 
 
 def _input_error(request: Request, exc: BaseException) -> Response | None:
     found = next(((code, why) for kind, code, why in _INPUT_ERRORS if isinstance(exc, kind)), None)
-    if found is None and isinstance(exc, sqlite3.DatabaseError) and any(m in str(exc) for m in _SQLITE_LIMITS):
+    if found is None and past_limits(exc):
         found = ("too-costly", "the request is too complex")
     if found is None:
         return None

@@ -2,12 +2,13 @@
 
 ``IdentityResolver.resolve(result)`` runs on every mapped message, in the intake (a refusal is a
 MapError, ACK AE) and in the mapping worker (what it returns is published). It keeps an index
-(:mod:`gateway.identity.index`) of identifier → person and rewrites each message so that one
+(:mod:`gateway.eventlog.state.identity`) of identifier → person and rewrites each message so that one
 person is one Patient: every identifier the person is known by, every reference pointing at it,
 links and merges honoured, stale writes dropped, cancels applied as reversals, possible duplicates
 listed as Flags. The policy, the tables and how to rebuild the index: README.md in this package.
 
     resolver = IdentityResolver(data_dir)        # None: in memory (tests)
+    resolver = IdentityResolver(data_dir, state_url)  # PIVOT_STATE_URL: PostgreSQL, shared by instances
     result = resolver.resolve(map_message(msg, ctx))
     resolver.duplicates()                        # possible duplicates (ids only)
     resolver.rebuild(results)                    # replay mapped messages into an empty index
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.identity.index import IdentityIndex
+from gateway.eventlog.state.identity import open_index
 from gateway.identity.keys import is_identity_key, is_nam
 from gateway.identity.resolve import Resolution
 from mappings import MapResult
@@ -48,20 +49,25 @@ class Duplicate:
 class IdentityResolver:
     """Rewrites a mapped message so that one person is one Patient (see module docstring).
 
-    ``data_dir``: where its index lives (``identity.sqlite``, mode 0600); None: in memory.
-    Thread-safe: messages are resolved one at a time, each all or nothing.
+    ``state_url`` (``PIVOT_STATE_URL``): the index lives in that PostgreSQL database, shared by every
+    instance; empty: in ``data_dir`` (``identity.sqlite``, mode 0600), in memory when None.
+    Thread-safe: messages are resolved one at a time, each all or nothing, one transaction each
+    under the index's lock (across instances on PostgreSQL).
     """
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, state_url: str = "") -> None:
         self.data_dir = data_dir
-        self.index = IdentityIndex(data_dir)
+        self.index = open_index(data_dir, state_url)
 
     def resolve(self, result: MapResult) -> MapResult:
-        """The message as it must be published; MapError (AE, ERR-3 205) on an identity conflict."""
+        """The message as it must be published, ranked (``MapResult.resolved``) among every resolution of
+        every instance; MapError (AE, ERR-3 205) on an identity conflict."""
         if not any(r["resourceType"] == "Patient" for r in result.resources):
             return result
         with self.index.transaction():
-            return Resolution(self.index, result).run()
+            resolved = Resolution(self.index, result).run()
+            resolved.resolved = self.index.tick()  # its rank: the store sink keeps the latest per resource
+            return resolved
 
     def duplicates(self, *, include_resolved: bool = False) -> list[Duplicate]:
         """Possible duplicates, open ones only unless ``include_resolved``."""

@@ -12,14 +12,12 @@ import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
-from gateway.hl7v2.tokenizer import parse
-from gateway.intake import _msh_only
+from gateway.pipeline import Pipeline, received
 from gateway.topics import HL7V2_IN
-from mappings import MapContext, MapResult, map_message
+from mappings import MapResult
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -71,12 +69,12 @@ def _sites(systems: tuple[str, ...], nam: bool) -> str:
 
 
 def _mapped_log(gateway: Gateway) -> Iterator[MapResult | GatewayError]:
-    """Every hl7v2.in record mapped as the mapping worker maps it, in log order."""
+    """Every hl7v2.in record through the pipeline spine as the mapping worker takes it, in log order,
+    stopped before identity: the resolver's rebuild applies each result to the emptied index."""
+    pipeline = Pipeline(gateway.profiles, gateway.systems, identity=None)
     for rec in gateway.log.read_all(gateway.settings.topic(HL7V2_IN)):
-        try:
-            head = _msh_only(rec.value)
-            msg = parse(rec.value, gateway.profiles.for_message(head).charset if head is not None else None)
-            yield map_message(msg, MapContext(profile=gateway.profiles.for_message(msg), systems=gateway.systems,
-                                              received_at=datetime.now(UTC)))
-        except GatewayError as exc:
-            yield exc
+        outcome = pipeline.run(rec.value, received(rec.headers.get("received_at", "")))
+        if outcome.error is not None:
+            yield outcome.error
+        elif outcome.result is not None:
+            yield outcome.result

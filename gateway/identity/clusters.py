@@ -21,8 +21,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.eventlog.state.identity import IdentityIndex, Pair, Stored
 from gateway.identity import bodies
-from gateway.identity.index import IdentityIndex, Pair, Stored
 from gateway.identity.keys import demographic_digest
 from mappings import stable_id
 

@@ -24,9 +24,9 @@ from datetime import datetime
 from typing import Any
 
 from gateway.errors import Location, MapError
+from gateway.eventlog.state.identity import IdentityIndex, Stored
 from gateway.identity import bodies, survivorship
 from gateway.identity.clusters import Clusters
-from gateway.identity.index import IdentityIndex, Stored
 from gateway.identity.keys import (
     is_identity_key,
     is_nam,
@@ -82,6 +82,8 @@ class Resolution:
 
     # -- the steps ---------------------------------------------------------------------------------
     def run(self) -> MapResult:
+        self.ix.preload([(r["resourceType"], str(r["id"])) for r in self.result.resources  # one query
+                         if r["resourceType"] not in SHARED_TYPES and r["resourceType"] != "Provenance"])
         patients = [r for r in self.result.resources if r["resourceType"] == "Patient"]
         for seq, patient in enumerate((p for p in patients if p.get("active") is not False), 1):
             self.groups.append((patient, self._person_for(patient, seq)))
@@ -155,8 +157,8 @@ class Resolution:
         return list(dict.fromkeys(keys))
 
     def _found(self, keys: list[str]) -> list[str]:
-        found = (self.ix.person_of_key(k) for k in keys)
-        return list(dict.fromkeys(self.ix.final(p) for p in found if p is not None))
+        found = self.ix.persons_of_keys(keys)
+        return list(dict.fromkeys(self.ix.final(found[k]) for k in keys if k in found))
 
     def _nam_of(self, person: str) -> str | None:
         row = self.ix.person(person)
@@ -292,11 +294,9 @@ class Resolution:
     def _provenance(self, prov: JSON) -> JSON:
         """The Provenance with its targets as the message was first resolved (history, not state),
         and which elements the message said about each of them (survivorship.asserted)."""
-        first = self.ix.provenance_refs(prov["id"])
-        if first is None:
-            targets = {ref["reference"] for ref in bodies.references(prov.get("target") or [])}
-            first = {src: dst for src, dst in self.refs.items() if src in targets and src != dst}
-            self.ix.put_provenance_refs(prov["id"], first)
+        targets = {ref["reference"] for ref in bodies.references(prov.get("target") or [])}
+        now = {src: dst for src, dst in self.refs.items() if src in targets and src != dst}
+        first = self.ix.first_provenance_refs(prov["id"], now)
         said = survivorship.asserted(self.result.resources, self.result.nulls)
         if said:
             prov = {**prov, "extension": [*(prov.get("extension") or []), *said]}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from gateway.eventlog.state.identity import IdentityIndex, Stored
 from gateway.identity import visit
-from gateway.identity.index import IdentityIndex, Stored
 from mappings import merge
 
 JSON = dict[str, Any]

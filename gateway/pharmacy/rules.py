@@ -26,7 +26,6 @@ for that message). Nothing here logs a field value.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from gateway.defisante import codes
@@ -37,6 +36,7 @@ from gateway.errors import PublishError, StoreError
 from gateway.eventlog.base import OutRecord
 from gateway.fhir.models import validate
 from gateway.fhirstore import FhirStore
+from gateway.fhirstore.queries import BackendError
 from gateway.metrics import Metrics
 from gateway.pharmacy import alerts as rules_alerts
 from gateway.pharmacy.careteam import with_pharmacists
@@ -94,7 +94,7 @@ class PharmacyRules:
             return self._run(result, received_at)
         except PublishError:  # a store write failed (disk full, locked): the worker retries the batch
             raise
-        except (sqlite3.Error, StoreError) as exc:  # store busy or closed: the worker retries the batch
+        except (BackendError, StoreError) as exc:  # store busy or closed: the worker retries the batch
             raise PublishError(f"pharmacy rules: store unavailable ({type(exc).__name__})") from exc
         except Exception as exc:  # noqa: BLE001 - a rule bug must never stop the feed; ids only in the log
             log.error("pharmacy rules failed error=%s control_id=%s", type(exc).__name__, result.control_id)

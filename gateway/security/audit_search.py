@@ -1,8 +1,10 @@
 """Searching the audit trail the FHIR way (IHE BALP / RESTful ATNA): ``GET /fhir/AuditEvent?…``.
 
 The AuditEvents live in ``audit.sqlite`` (audit_trail.py: one row per event, its Patients in
-``audit_patient``); this module turns search parameters into one SQL query over that table, so the
-HTTP route and ``pivot audit`` read the same rows the same way (no second copy of the trail).
+``audit_patient``); this module turns search parameters into typed conditions
+(:class:`~gateway.eventlog.audit_store.AuditTerm`) that the trail's file answers with one SQL query
+(gateway/eventlog/audit_store.py), so the HTTP route and ``pivot audit`` read the same rows the
+same way (no second copy of the trail).
 
     patient=Patient/x,y        the access was about one of these Patients (audit_patient index)
     entity=Type/id             entity.what.reference
@@ -20,14 +22,13 @@ The parameter table is the CapabilityStatement's (gateway.fhirstore.capability.O
 
 from __future__ import annotations
 
-import json
 import re
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import StoreError
+from gateway.eventlog.audit_store import AuditTerm, TermKind, search
 from gateway.fhirstore.capability import OTHER_SEARCH_PARAMS
 from gateway.fhirstore.dates import date_range, instant_text
 
@@ -36,10 +37,6 @@ MAX_COUNT = 1000
 KNOWN = frozenset(name for name, _type, _doc in OTHER_SEARCH_PARAMS["AuditEvent"]) | {"_page", "_format"}
 _PREFIX = re.compile(r"(eq|ne|gt|ge|lt|le)?(.+)")
 _PAGE = re.compile(r"s(\d{1,18})")
-_ENTITY_REFS = ("EXISTS (SELECT 1 FROM json_each(a.body, '$.entity') e "
-                "WHERE json_extract(e.value, '$.what.reference') IN ({marks}))")
-_AGENTS = ("(a.client IN ({marks}) OR EXISTS (SELECT 1 FROM json_each(a.body, '$.agent') g "
-           "WHERE json_extract(g.value, '$.who.reference') IN ({marks})))")
 
 
 def bad(message: str) -> StoreError:
@@ -48,18 +45,16 @@ def bad(message: str) -> StoreError:
 
 @dataclass(slots=True)
 class AuditQuery:
-    """The SQL conditions of one search, its page size and position."""
+    """The conditions of one search (AND-ed), its page size and position."""
 
-    where: list[str] = field(default_factory=list)
-    args: list[Any] = field(default_factory=list)
+    terms: list[AuditTerm] = field(default_factory=list)
     count: int = DEFAULT_COUNT
     before_seq: int | None = None  # the page cursor: events older than this row
     oldest_first: bool = False  # ``pivot audit`` prints the trail in order
 
     def only_agent(self, client_id: str) -> None:
         """Restrict to the accesses this client made (an organisation-bound caller's own trail)."""
-        self.where.append("a.client = ?")
-        self.args.append(client_id)
+        self.terms.append(AuditTerm("client", (client_id,)))
 
 
 def _values(name: str, text: str) -> list[str]:
@@ -69,10 +64,8 @@ def _values(name: str, text: str) -> list[str]:
     return values
 
 
-def _in(template: str, values: list[str], query: AuditQuery, times: int = 1) -> None:
-    marks = ",".join("?" * len(values))
-    query.where.append(template.format(marks=marks))
-    query.args.extend(values * times)
+def _in(kind: TermKind, values: list[str], query: AuditQuery) -> None:
+    query.terms.append(AuditTerm(kind, tuple(values)))
 
 
 def _patient(value: str) -> str:
@@ -84,20 +77,11 @@ def _patient(value: str) -> str:
 
 def _token(name: str, values: list[str], query: AuditQuery) -> None:
     """``system|code`` or ``code`` against AuditEvent.type (one Coding) or .subtype (a list)."""
-    item = "a.body, '$.type'" if name == "type" else "c.value"
-    parts: list[str] = []
     for value in values:
         system, bar, code = value.rpartition("|")
         if not code or (bar and not system):
             raise bad(f"parameter {name}: a code or system|code")
-        code_of, system_of = f"json_extract({item}, '$.code')", f"json_extract({item}, '$.system')"
-        if name == "type":
-            code_of, system_of = "json_extract(a.body, '$.type.code')", "json_extract(a.body, '$.type.system')"
-        parts.append(f"({code_of} = ?" + (f" AND {system_of} = ?)" if system else ")"))
-        query.args.extend([code, system] if system else [code])
-    either = " OR ".join(parts)
-    query.where.append(f"({either})" if name == "type"
-                       else f"EXISTS (SELECT 1 FROM json_each(a.body, '$.subtype') c WHERE {either})")  # noqa: S608
+    query.terms.append(AuditTerm("type" if name == "type" else "subtype", tuple(values)))
 
 
 def _date(value: str, query: AuditQuery) -> None:
@@ -108,14 +92,7 @@ def _date(value: str, query: AuditQuery) -> None:
         lo, hi = date_range(text)
     except ValueError:
         raise bad("parameter date: not a FHIR date, dateTime or instant") from None
-    first, last = instant_text(lo), instant_text(hi)
-    conds = {"eq": ("a.recorded BETWEEN ? AND ?", [first, last]),
-             "ne": ("a.recorded NOT BETWEEN ? AND ?", [first, last]),
-             "gt": ("a.recorded > ?", [last]), "ge": ("a.recorded >= ?", [first]),
-             "lt": ("a.recorded < ?", [first]), "le": ("a.recorded <= ?", [last])}
-    cond, args = conds[prefix]
-    query.where.append(cond)
-    query.args.extend(args)
+    query.terms.append(AuditTerm("date", (prefix, instant_text(lo), instant_text(hi))))
 
 
 def parse_query(params: list[tuple[str, str]]) -> AuditQuery:
@@ -138,12 +115,11 @@ def parse_query(params: list[tuple[str, str]]) -> AuditQuery:
                 raise bad("parameter _page: use the next link as given")
             query.before_seq = int(page.group(1))
         elif name == "patient":
-            _in("a.seq IN (SELECT seq FROM audit_patient WHERE patient IN ({marks}))",
-                [_patient(v) for v in _values(name, text)], query)
+            _in("patient", [_patient(v) for v in _values(name, text)], query)
         elif name == "entity":
-            _in(_ENTITY_REFS, _values(name, text), query)
+            _in("entity", _values(name, text), query)
         elif name == "agent":
-            _in(_AGENTS, _values(name, text), query, times=2)
+            _in("agent", _values(name, text), query)
         elif name == "date":
             _date(text, query)
         elif name in ("type", "subtype"):
@@ -152,48 +128,29 @@ def parse_query(params: list[tuple[str, str]]) -> AuditQuery:
             values = _values(name, text)
             if not set(values) <= {"0", "4", "8", "12"}:
                 raise bad("parameter outcome: 0, 4, 8 or 12")
-            _in("a.outcome IN ({marks})", values, query)
+            _in("outcome", values, query)
     return query
 
 
 def search_audit(path: Path, query: AuditQuery) -> tuple[int, list[dict[str, Any]], int | None]:
-    """(total matching, this page's AuditEvents newest first, the cursor of the next page or None)."""
-    from gateway.security.audit_trail import open_audit_db  # the trail's own reader
-
-    if not path.exists():
-        return 0, [], None
-    where = " AND ".join(query.where) or "1"
-    conn = open_audit_db(path, readonly=True)
-    try:
-        total = int(conn.execute(f"SELECT count(*) FROM audit a WHERE {where}", query.args).fetchone()[0])  # noqa: S608 - only our fixed SQL fragments; values are bound
-        page_where = where + (" AND a.seq < ?" if query.before_seq is not None else "")
-        page_args = [*query.args, *([query.before_seq] if query.before_seq is not None else [])]
-        order = "ASC" if query.oldest_first else "DESC"
-        rows = conn.execute(f"SELECT a.seq, a.body FROM audit a WHERE {page_where} ORDER BY a.seq {order} LIMIT ?",  # noqa: S608
-                            [*page_args, query.count + 1]).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"audit trail unreadable ({type(exc).__name__})", status=503, issue_code="transient") from None
-    finally:
-        conn.close()
-    more = len(rows) > query.count
-    rows = rows[:query.count]
-    return total, [json.loads(body) for _seq, body in rows], (int(rows[-1][0]) if more and rows else None)
+    """(total matching, this page's AuditEvents newest first, the cursor of the next page or None);
+    503 when the trail's file is unreadable."""
+    return search(path, query.terms, count=query.count, before_seq=query.before_seq, oldest_first=query.oldest_first)
 
 
 def since_query(patient: str = "", since: str = "", limit: int = 10000) -> AuditQuery:
     """``pivot audit --patient P --since ISO``: oldest first, ``recorded`` compared as text."""
     query = AuditQuery(count=limit, oldest_first=True)
     if patient:
-        _in("a.seq IN (SELECT seq FROM audit_patient WHERE patient IN ({marks}))", [_patient(patient)], query)
+        _in("patient", [_patient(patient)], query)
     if since:
-        query.where.append("a.recorded >= ?")
-        query.args.append(since)
+        query.terms.append(AuditTerm("since", (since,)))
     return query
 
 
 def read_audit(path: Path, event_id: str, client_id: str | None = None) -> dict[str, Any] | None:
     """One AuditEvent by id (None when unknown, or not this client's own access when ``client_id``)."""
-    query = AuditQuery(where=["a.id = ?"], args=[event_id], count=1)
+    query = AuditQuery(terms=[AuditTerm("id", (event_id,))], count=1)
     if client_id is not None:
         query.only_agent(client_id)
     _total, events, _next = search_audit(path, query)

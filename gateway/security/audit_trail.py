@@ -15,61 +15,30 @@ exception type. The SQLite table is also the outbox of the topic: a row is marke
 after the event log stored it, so an event-log outage delays publication and loses nothing (at
 least once on the topic: consumers dedupe on the AuditEvent id). ``close`` drains the queue.
 Nothing here logs an event's content: only counts and exception types.
+The SQL (schema, insert, outbox rows) is gateway/eventlog/audit_store.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import queue
-import sqlite3
 import threading
 from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import Any
 
+from gateway.eventlog.audit_store import AuditDb, AuditDbError
 from gateway.eventlog.base import EventLog, OutRecord
-from gateway.eventlog.embedded import secure_file
 from gateway.metrics import Metrics
 from gateway.security.audit import AccessRecord, build_audit_event
 from gateway.security.audit_disclosure import DisclosureRecord, build_disclosure_event
 
 log = logging.getLogger("pivot.audit")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, recorded TEXT NOT NULL,
-  client TEXT NOT NULL, subtype TEXT NOT NULL, outcome TEXT NOT NULL, body TEXT NOT NULL,
-  published INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS audit_recorded ON audit(recorded);
-CREATE INDEX IF NOT EXISTS audit_unpublished ON audit(published, seq);
-CREATE TABLE IF NOT EXISTS audit_patient (seq INTEGER NOT NULL, patient TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_patient_idx ON audit_patient(patient, seq);
-"""
 _BATCH = 500
 _Item = tuple[AccessRecord | DisclosureRecord, "Future[str]"]
-
-
-def open_audit_db(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """The audit database (created 0600 with its side files when writing)."""
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout=30000")
-        return conn
-    secure_file(path)
-    old = os.umask(0o077)
-    try:
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(_SCHEMA)
-    finally:
-        os.umask(old)
-    return conn
 
 
 class AuditTrail:
@@ -82,7 +51,7 @@ class AuditTrail:
         self.topic = topic
         self.metrics = metrics or Metrics()
         self.timeout_s = timeout_s
-        self._conn = open_audit_db(path)
+        self._db = AuditDb(path)
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="audit-writer", daemon=True)
@@ -158,21 +127,8 @@ class AuditTrail:
                 continue
             rows.append((event, patients, future))
         try:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for event, patients, _ in rows:
-                    cur = conn.execute(
-                        "INSERT INTO audit(id, recorded, client, subtype, outcome, body) VALUES (?,?,?,?,?,?)",
-                        (event["id"], event["recorded"], event["agent"][0]["who"]["display"],
-                         event["subtype"][0]["code"], event["outcome"], json.dumps(event, separators=(",", ":"))))
-                    conn.executemany("INSERT INTO audit_patient(seq, patient) VALUES (?, ?)",
-                                     [(cur.lastrowid, p) for p in patients])
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+            self._db.insert([(event, patients) for event, patients, _ in rows])
+        except AuditDbError as exc:
             for _, _, future in rows:
                 _settle(future, error=exc)
             return
@@ -185,14 +141,13 @@ class AuditTrail:
         if self.event_log is None:
             return
         try:
-            rows = self._conn.execute("SELECT seq, id, body FROM audit WHERE published = 0 ORDER BY seq LIMIT ?",
-                                      (_BATCH,)).fetchall()
+            rows = self._db.unpublished(_BATCH)
             if not rows:
                 return
             self.event_log.append_many([OutRecord(topic=self.topic, value=body.encode("utf-8"), key=rid.encode(),
                                                   headers={"content-type": "application/fhir+json"})
                                         for _, rid, body in rows])
-            self._conn.executemany("UPDATE audit SET published = 1 WHERE seq = ?", [(seq,) for seq, _, _ in rows])
+            self._db.mark_published([seq for seq, _, _ in rows])
         except Exception as exc:  # noqa: BLE001 - the log may be down: keep the rows, retry later
             self.metrics.inc("pivot_audit_publish_failures_total", help_text="audit topic appends that failed")
             log.warning("audit publish deferred: %s", type(exc).__name__)
@@ -204,8 +159,7 @@ class AuditTrail:
         self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=30)
-        with contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        self._db.close()
 
 
 def _settle(future: Future[str], value: str = "", error: BaseException | None = None) -> None:

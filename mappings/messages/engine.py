@@ -196,18 +196,20 @@ def _ordered(resources: list[JSON]) -> list[JSON]:
     return sorted(unique, key=lambda r: rank.get(r["resourceType"], len(rank)))  # stable sort
 
 
-def map_message(msg: Message, ctx: MapContext) -> MapResult:
+def map_message(msg: Message, ctx: MapContext, *, structure_checked: bool = False) -> MapResult:
     """Map one supported message to validated FHIR R4 resources (a pure function of msg and ctx).
 
     Raises UnsupportedError (type/trigger), StructureError (100/101: a segment or field the
     structure requires, mappings/structure.py), MapError (100 missing PID, 101 missing required
-    value, 102 unreadable date/time) or ValidateError.
+    value, 102 unreadable date/time) or ValidateError. ``structure_checked``: the caller already ran
+    :func:`check_required` with this profile (gateway/pipeline.py), so it is not run twice.
     """
     if is_pharmacy(msg):
-        return map_pharmacy(msg, ctx)
+        return map_pharmacy(msg, ctx, structure_checked=structure_checked)
     mmap = message_map(msg)
     trigger = _trigger(msg)
-    check_structure(msg, mmap.structure, trigger, ctx.profile.relax)
+    if not structure_checked:
+        check_structure(msg, mmap.structure, trigger, ctx.profile.relax)
     env = Env(msg=msg, zone=ctx.profile.zone, systems=ctx.systems, site=ctx.profile.site or msg.sending_facility,
               trigger=trigger)
     if msg.first("PID") is None:

@@ -257,16 +257,18 @@ def _ordered(resources: list[JSON]) -> list[JSON]:
     return sorted(unique, key=lambda r: rank.get(r["resourceType"], len(rank)))
 
 
-def map_pharmacy(msg: Message, ctx: MapContext) -> MapResult:
+def map_pharmacy(msg: Message, ctx: MapContext, *, structure_checked: bool = False) -> MapResult:
     """Map one pharmacy message (RDS^O13, RDE^O11/O25, RAS^O17) to validated FHIR R4 resources.
 
     Raises UnsupportedError (200/201: not a supported pharmacy type/trigger), MapError (100: PID or
     the structure's RXD/RXE/RXA missing; 101: no usable patient identifier at PID-3, a required value
     missing such as RXD-2/RXD-3; 102: a number, date or time that cannot be read; 103: a malformed
-    DIN) or ValidateError. Errors name segments and fields, never values.
+    DIN) or ValidateError. Errors name segments and fields, never values. ``structure_checked``: the
+    caller already checked the required structure (gateway/pipeline.py).
     """
     structure = structure_of(msg)
-    check_structure(msg, structure.name, msg.trigger.strip().upper(), ctx.profile.relax)
+    if not structure_checked:
+        check_structure(msg, structure.name, msg.trigger.strip().upper(), ctx.profile.relax)
     _triggers, _structures, always = messages()
     env = Env(msg=msg, zone=ctx.profile.zone, systems=with_authorities(ctx.systems),
               site=ctx.profile.site or msg.sending_facility, trigger=msg.trigger.strip().upper())

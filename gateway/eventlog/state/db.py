@@ -55,6 +55,12 @@ class StateDb:
     def transaction(self, lock: str | None = None) -> contextlib.AbstractContextManager[Tx]:
         raise NotImplementedError
 
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One statement as its own transaction (PostgreSQL: autocommit, one round trip instead of
+        three); inside a transaction of this object, part of it."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -76,7 +82,7 @@ class SqliteDb(StateDb):
     engine = "sqlite"
 
     def __init__(self, path: Path | None) -> None:
-        from gateway import walcheckpoint
+        from gateway.eventlog import walcheckpoint
         from gateway.eventlog.embedded import secure_file
 
         self.path = path
@@ -119,7 +125,7 @@ class SqliteDb(StateDb):
             self._conn.execute("COMMIT")
 
     def close(self) -> None:
-        from gateway import walcheckpoint
+        from gateway.eventlog import walcheckpoint
 
         with self._lock:
             if self._closed:
@@ -224,6 +230,22 @@ class PostgresDb(StateDb):
                 raise StateUnavailable(f"shared state: commit failed ({type(exc).__name__})") from exc
             finally:
                 cur.close()
+
+    def run(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        import psycopg
+
+        with self._lock:
+            if self._closed:
+                raise StateUnavailable("shared state closed")
+            if self._depth:
+                return _PgTx(self._cur).execute(sql, params)
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._connect()
+                with self._conn.cursor() as cur:
+                    return _PgTx(cur).execute(sql, params)
+            except psycopg.OperationalError as exc:
+                raise StateUnavailable(f"shared state unavailable ({type(exc).__name__})") from exc
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,9 @@
 """The identity index: persons, their identifiers, and what was last published for each of them.
 
-One SQLite file (``<data_dir>/identity.sqlite``, mode 0600, WAL) or an in-memory database. Tables:
+One database of the shared state (gateway/eventlog/state/db.py): the SQLite file
+``<data_dir>/identity.sqlite`` (mode 0600, WAL) or ``:memory:`` on the embedded defaults, the
+PostgreSQL database of ``PIVOT_STATE_URL`` when set (shared by every instance). Schema:
+migrations/identity/ (numbered SQL files, applied at open). Tables:
 
 - ``person``: one row per Patient id the resolver ever created; ``survivor`` is NULL while it is
   an active person, else the person it was merged or linked into; ``nam`` its NAM when known;
@@ -12,10 +15,10 @@ One SQLite file (``<data_dir>/identity.sqlite``, mode 0600, WAL) or an in-memory
   (epoch ms of EVN-2, else MSH-7) of the message that last changed it: what stale-write checks
   compare and what a link or a merge re-publishes under the survivor; ``times``: the event time of
   each of its elements (units, mappings/merge.py) as last said by any message, a ``""`` included,
-  what per-element survivorship compares (README.md, "Survivorship").
+  what per-element survivorship compares (gateway/identity/README.md, "Survivorship").
 - ``cluster``: per active person with a complete demographic key, the key's digest (never names
-  or dates), whether it has a NAM, and whether its possible-duplicate Flag is open: look-alikes
-  (same digest) form one cluster (README.md, "Possible duplicates").
+  or dates), whether it has a NAM, whether its possible-duplicate Flag is open, and ``seq`` its
+  join order (kept on updates): look-alikes (same digest) form one cluster.
 - ``dup``: possible-duplicate pairs (the Flag id, both persons, active or resolved).
 - ``journal``: per source message (sender|MSH-10), the resources a link or merge re-published, so
   that mapping the same message again re-publishes their current versions (idempotent output).
@@ -23,46 +26,30 @@ One SQLite file (``<data_dir>/identity.sqlite``, mode 0600, WAL) or an in-memory
   with when the message was first resolved (usually ``{}``): a Provenance is history, and a replay
   of the message must not re-point it at what the person became later.
 
-Every call happens inside :meth:`IdentityIndex.transaction` (one lock, one ``BEGIN IMMEDIATE``): a
-message is resolved all or nothing, and a refused message (MapError) leaves no trace.
+Every call happens inside :meth:`IdentityIndex.transaction`: one database transaction under the
+lock ``identity`` (SQLite: its one writer; PostgreSQL: an advisory lock every instance takes), so
+a message is resolved all or nothing, a refused message (MapError) leaves no trace, and two
+instances resolving messages of the same person run one after the other. Text is ordered in
+Python, never by ``ORDER BY`` on text (PostgreSQL's collation is not SQLite's byte order).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-import sqlite3
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from gateway import walcheckpoint
-from gateway.eventlog.embedded import secure_file
+from gateway.eventlog.state.db import Row, StateDb, Tx, open_state
 
 JSON = dict[str, Any]
 FILE_NAME = "identity.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS person (id TEXT PRIMARY KEY, key TEXT NOT NULL, nam TEXT, survivor TEXT);
-CREATE INDEX IF NOT EXISTS person_survivor ON person(survivor);
-CREATE TABLE IF NOT EXISTS ident (person TEXT NOT NULL, key TEXT NOT NULL, is_key INTEGER NOT NULL,
-  body TEXT NOT NULL, PRIMARY KEY (person, key));
-CREATE UNIQUE INDEX IF NOT EXISTS ident_key ON ident(key) WHERE is_key = 1;
-CREATE TABLE IF NOT EXISTS resource (rtype TEXT NOT NULL, id TEXT NOT NULL, person TEXT NOT NULL,
-  event_ms INTEGER NOT NULL, body TEXT NOT NULL, times TEXT, PRIMARY KEY (rtype, id));
-CREATE INDEX IF NOT EXISTS resource_person ON resource(person, rtype);
-CREATE TABLE IF NOT EXISTS cluster (person TEXT PRIMARY KEY, digest TEXT NOT NULL, nam INTEGER NOT NULL,
-  flagged INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS cluster_nam ON cluster(digest, nam);
-CREATE INDEX IF NOT EXISTS cluster_flagged ON cluster(digest, flagged);
-CREATE TABLE IF NOT EXISTS dup (id TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, active INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS dup_b ON dup(b);
-CREATE TABLE IF NOT EXISTS journal (message TEXT NOT NULL, rtype TEXT NOT NULL, id TEXT NOT NULL,
-  PRIMARY KEY (message, rtype, id));
-CREATE TABLE IF NOT EXISTS provenance (id TEXT PRIMARY KEY, refs TEXT NOT NULL);
-"""
+SCHEMA = "identity"
+LOCK = "identity"
 _TABLES = ("person", "ident", "resource", "cluster", "dup", "journal", "provenance")
 
 
@@ -102,63 +89,112 @@ def _dump(body: JSON) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-class IdentityIndex:
-    """Typed access to the index tables (see module docstring). Thread-safe through one lock."""
+def _upgrade_0_3(db: StateDb) -> None:
+    """An identity.sqlite from before element times (0.3): its ``resource`` rows get ``times``
+    (they start from event_ms). The migrations keep existing tables as they are."""
+    if db.engine != "sqlite":
+        return
+    with db.transaction(lock=LOCK) as tx:
+        columns = {str(r[0]) for r in tx.execute("SELECT name FROM pragma_table_info('resource')")}
+        if "times" not in columns:
+            tx.execute("ALTER TABLE resource ADD COLUMN times TEXT")
 
-    def __init__(self, data_dir: Path | None) -> None:
-        self._path: Path | None = None
-        if data_dir is None:
-            target = ":memory:"
-        else:
-            self._path = Path(data_dir) / FILE_NAME
-            secure_file(self._path)
-            target = str(self._path)
-        self._conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        if self._path is not None:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            walcheckpoint.watch(self._conn, self._path)
-        self._conn.executescript(_SCHEMA)
-        columns = {str(row[1]) for row in self._conn.execute("PRAGMA table_info(resource)")}
-        if "times" not in columns:  # an index from before element times: they start from event_ms
-            self._conn.execute("ALTER TABLE resource ADD COLUMN times TEXT")
-        self._lock = threading.RLock()
-        self._closed = False
+
+def open_index(data_dir: Path | None, state_url: str = "") -> IdentityIndex:
+    """The index in the PostgreSQL database ``state_url`` when set, else in
+    ``data_dir/identity.sqlite`` (``:memory:`` when ``data_dir`` is None); migrations applied."""
+    db = open_state(state_url, data_dir, FILE_NAME, SCHEMA)
+    try:
+        _upgrade_0_3(db)
+    except BaseException:
+        db.close()
+        raise
+    return IdentityIndex(db)
+
+
+@dataclass(slots=True)
+class _Seen:
+    """Rows this transaction read or wrote, as stored (JSON as text: every read decodes a fresh
+    copy). Valid while the lock is held, so nobody else writes them; dropped at the end."""
+
+    persons: dict[str, Person | None] = field(default_factory=dict)
+    keys: dict[str, str | None] = field(default_factory=dict)  # identity key → person
+    idents: dict[str, dict[str, tuple[bool, str]]] = field(default_factory=dict)  # person → all of its rows
+    resources: dict[tuple[str, str], tuple[str, int, str, str | None] | None] = field(default_factory=dict)
+
+
+_CHUNK = 200  # placeholders per IN list
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _atomic(method: Callable[Concatenate[IdentityIndex, _P], _R]) -> Callable[Concatenate[IdentityIndex, _P], _R]:
+    """``method`` in the caller's :meth:`IdentityIndex.transaction`, else in one of its own."""
+
+    def run(self: IdentityIndex, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._owner == threading.get_ident():
+            return method(self, *args, **kwargs)
+        with self.transaction():
+            return method(self, *args, **kwargs)
+
+    functools.update_wrapper(run, method)
+    return run
+
+
+class IdentityIndex:
+    """Typed access to the index tables (see module docstring) over one :class:`StateDb`.
+    Thread-safe: a call outside :meth:`transaction` is a transaction of its own. Inside one, rows
+    already read are not read again (one round trip each on PostgreSQL)."""
+
+    def __init__(self, db: StateDb) -> None:
+        self.db = db
+        self._tx: Tx | None = None
+        self._seen = _Seen()
+        self._owner: int | None = None  # the thread inside transaction() (it holds the lock)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[IdentityIndex]:
-        """All or nothing, one caller at a time."""
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("identity index closed")
-            self._conn.execute("BEGIN IMMEDIATE")
+        """All or nothing, one caller at a time (across instances on PostgreSQL)."""
+        if self._owner == threading.get_ident():  # nested: the outer transaction's
+            yield self
+            return
+        with self.db.transaction(lock=LOCK) as tx:
+            self._tx, self._seen, self._owner = tx, _Seen(), threading.get_ident()
             try:
                 yield self
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+            finally:
+                self._owner, self._tx = None, None
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One statement of the current transaction (an :func:`_atomic` method's)."""
+        assert self._tx is not None
+        assert self._owner == threading.get_ident()
+        return self._tx.execute(sql, params)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
 
     def close(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                if self._path is not None:
-                    walcheckpoint.unwatch(self._path)
-                self._conn.close()
+        self.db.close()
 
+    @_atomic
     def clear(self) -> None:
         """Empty every table (before a rebuild)."""
-        with self.transaction():
-            for table in _TABLES:
-                self._conn.execute(f"DELETE FROM {table}")  # noqa: S608 (fixed table names)
+        for table in _TABLES:
+            self._rows(f"DELETE FROM {table}")  # noqa: S608 (fixed table names)
+        self._seen = _Seen()
 
     # -- persons ---------------------------------------------------------------------------------
+    @_atomic
     def person(self, pid: str) -> Person | None:
-        row = self._conn.execute("SELECT id, key, nam, survivor FROM person WHERE id = ?", (pid,)).fetchone()
-        return None if row is None else Person(row[0], row[1], row[2], row[3])
+        persons = self._seen.persons
+        if pid not in persons:
+            row = self._one("SELECT key, nam, survivor FROM person WHERE id = ?", (pid,))
+            persons[pid] = None if row is None else Person(pid, row[0], row[1], row[2])
+        return persons[pid]
 
+    @_atomic
     def final(self, pid: str) -> str:
         """The active person ``pid`` ends up in (itself when active or unknown)."""
         seen = {pid}
@@ -169,144 +205,246 @@ class IdentityIndex:
             current = self.person(pid)
         return pid
 
+    @_atomic
     def add_person(self, pid: str, key: str, nam: str | None, survivor: str | None = None) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO person(id, key, nam, survivor) VALUES (?,?,?,?)",
-                           (pid, key, nam, survivor))
+        """A new person (nothing when ``pid`` exists)."""
+        if self.person(pid) is None:
+            self._rows("INSERT INTO person(id, key, nam, survivor) VALUES (?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                       (pid, key, nam, survivor))
+            self._seen.persons[pid] = Person(pid, key, nam, survivor)
 
+    @_atomic
     def retire(self, pid: str, survivor: str) -> None:
         """``pid`` (and every person already merged into it) now ends up in ``survivor``."""
-        self._conn.execute("UPDATE person SET survivor = ? WHERE id = ? OR survivor = ?", (survivor, pid, pid))
+        self._rows("UPDATE person SET survivor = ? WHERE id = ? OR survivor = ?", (survivor, pid, pid))
+        persons = self._seen.persons
+        for known, row in list(persons.items()):
+            if row is not None and pid in (row.id, row.survivor):
+                persons[known] = Person(row.id, row.key, row.nam, survivor)
 
+    @_atomic
     def active_persons(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM person WHERE survivor IS NULL").fetchone()[0])
+        return int(self._rows("SELECT count(*) FROM person WHERE survivor IS NULL")[0][0])
 
     # -- identifiers -----------------------------------------------------------------------------
+    @_atomic
+    def persons_of_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """The person each identity key of ``keys`` names (keys naming nobody are left out)."""
+        known = self._seen.keys
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        for at in range(0, len(missing), _CHUNK):
+            part = missing[at:at + _CHUNK]
+            marks = ",".join("?" * len(part))
+            found = {str(k): str(p) for k, p in self._rows(
+                f"SELECT key, person FROM ident WHERE is_key = 1 AND key IN ({marks})", part)}  # noqa: S608
+            known.update({k: found.get(k) for k in part})
+        return {k: p for k in keys if (p := known[k]) is not None}
+
     def person_of_key(self, key: str) -> str | None:
-        row = self._conn.execute("SELECT person FROM ident WHERE key = ? AND is_key = 1", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return self.persons_of_keys([key]).get(key)
 
+    def _idents(self, person: str) -> dict[str, tuple[bool, str]]:
+        rows = self._seen.idents.get(person)
+        if rows is None:
+            rows = {str(k): (bool(is_key), str(body)) for k, is_key, body in
+                    self._rows("SELECT key, is_key, body FROM ident WHERE person = ?", (person,))}
+            self._seen.idents[person] = rows
+        return rows
+
+    @_atomic
     def identifiers(self, person: str) -> list[tuple[str, bool, JSON]]:
-        rows = self._conn.execute("SELECT key, is_key, body FROM ident WHERE person = ? ORDER BY key", (person,))
-        return [(str(k), bool(is_key), json.loads(body)) for k, is_key, body in rows]
+        rows = self._idents(person)
+        return [(k, rows[k][0], json.loads(rows[k][1])) for k in sorted(rows)]
 
+    @_atomic
     def identifier(self, person: str, key: str) -> tuple[bool, JSON] | None:
-        row = self._conn.execute("SELECT is_key, body FROM ident WHERE person = ? AND key = ?",
-                                 (person, key)).fetchone()
-        return None if row is None else (bool(row[0]), json.loads(row[1]))
+        row = self._idents(person).get(key)
+        return None if row is None else (row[0], json.loads(row[1]))
 
+    @_atomic
     def put_identifier(self, person: str, key: str, is_key: bool, body: JSON) -> None:
-        self._conn.execute(
-            "INSERT INTO ident(person, key, is_key, body) VALUES (?,?,?,?) ON CONFLICT(person, key) "
-            "DO UPDATE SET is_key = max(is_key, excluded.is_key), body = excluded.body",
-            (person, key, int(is_key), _dump(body)))
+        """Add or rewrite one identifier of ``person`` (once a key, it stays a key)."""
+        text = _dump(body)
+        self._rows(
+            "INSERT INTO ident(person, key, is_key, body) VALUES (?,?,?,?) ON CONFLICT (person, key) DO UPDATE "
+            "SET is_key = CASE WHEN excluded.is_key > ident.is_key THEN excluded.is_key ELSE ident.is_key END, "
+            "body = excluded.body", (person, key, int(is_key), text))
+        rows = self._seen.idents.get(person)
+        if rows is not None:
+            old = rows.get(key)
+            rows[key] = (is_key or (old is not None and old[0]), text)
+        if is_key:
+            self._seen.keys[key] = person
 
+    @_atomic
     def move_identifiers(self, src: str, dst: str) -> None:
         """Every identifier of ``src`` now belongs to ``dst`` (those ``dst`` already has are kept once)."""
-        for key, is_key, body in self.identifiers(src):
-            self._conn.execute("DELETE FROM ident WHERE person = ? AND key = ?", (src, key))
+        moving = self.identifiers(src)
+        self._rows("DELETE FROM ident WHERE person = ?", (src,))
+        self._seen.idents[src] = {}
+        for key, is_key, body in moving:
+            if self._seen.keys.get(key) == src:
+                del self._seen.keys[key]
             existing = self.identifier(dst, key)
-            self.put_identifier(dst, key, is_key or bool(existing and existing[0]),
-                                existing[1] if existing else body)
+            self.put_identifier(dst, key, is_key or bool(existing and existing[0]), existing[1] if existing else body)
 
     # -- published resources ---------------------------------------------------------------------
+    @_atomic
+    def preload(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Read the resources ``keys`` (type, id) in one query: what :meth:`resource` then returns."""
+        known = self._seen.resources
+        missing = list(dict.fromkeys(k for k in keys if k not in known))
+        for at in range(0, len(missing), _CHUNK):
+            part = missing[at:at + _CHUNK]  # both IN lists probe the primary key (an OR of pairs plans slowly)
+            types, ids = list(dict.fromkeys(t for t, _i in part)), list(dict.fromkeys(i for _t, i in part))
+            rows = self._rows("SELECT rtype, id, person, event_ms, body, times FROM resource WHERE rtype IN "  # noqa: S608
+                              f"({','.join('?' * len(types))}) AND id IN ({','.join('?' * len(ids))})", [*types, *ids])
+            found = {(str(t), str(i)): (str(p), int(ms), str(b), t2) for t, i, p, ms, b, t2 in rows}
+            known.update({k: found.get(k) for k in part})
+
+    @_atomic
     def resource(self, rtype: str, rid: str) -> Stored | None:
-        row = self._conn.execute("SELECT person, event_ms, body, times FROM resource WHERE rtype = ? AND id = ?",
-                                 (rtype, rid)).fetchone()
+        if (rtype, rid) not in self._seen.resources:
+            self.preload([(rtype, rid)])
+        row = self._seen.resources[(rtype, rid)]
         if row is None:
             return None
-        return Stored(rtype, rid, row[0], int(row[1]), json.loads(row[2]), json.loads(row[3]) if row[3] else {})
+        return Stored(rtype, rid, row[0], row[1], json.loads(row[2]), json.loads(row[3]) if row[3] else {})
 
+    @_atomic
     def resources_of(self, person: str, rtype: str | None = None) -> list[Stored]:
         """The person's resources (of one type), by type and id. Sorted here, not in SQL: an
         ``ORDER BY id`` lets SQLite prefer the primary key and scan every row of the type."""
         if rtype is None:
-            rows = self._conn.execute("SELECT rtype, id, event_ms, body FROM resource WHERE person = ?", (person,))
+            rows = self._rows("SELECT rtype, id, event_ms, body FROM resource WHERE person = ?", (person,))
         else:
-            rows = self._conn.execute("SELECT rtype, id, event_ms, body FROM resource WHERE person = ? AND rtype = ?",
-                                      (person, rtype))
+            rows = self._rows("SELECT rtype, id, event_ms, body FROM resource WHERE person = ? AND rtype = ?",
+                              (person, rtype))
         found = sorted((str(t), str(i), int(ms), str(b)) for t, i, ms, b in rows)
         return [Stored(t, i, person, ms, json.loads(b)) for t, i, ms, b in found]
 
+    @_atomic
     def record_ids(self, person: str) -> list[str]:
         """Ids of the Patient records that belong to ``person`` (itself and the retired ones)."""
-        rows = self._conn.execute("SELECT id FROM resource WHERE person = ? AND rtype = 'Patient'", (person,))
+        rows = self._rows("SELECT id FROM resource WHERE person = ? AND rtype = 'Patient'", (person,))
         return sorted(str(r[0]) for r in rows)
 
+    @_atomic
     def put_resource(self, stored: Stored) -> None:
         """Write ``stored``; its element times too, unless ``times`` is None (kept as stored)."""
         times = None if stored.times is None else json.dumps(stored.times, separators=(",", ":"))
-        self._conn.execute(
+        body = _dump(stored.body)
+        self._rows(
             "INSERT INTO resource(rtype, id, person, event_ms, body, times) VALUES (?,?,?,?,?,?) "
-            "ON CONFLICT(rtype, id) DO UPDATE SET person = excluded.person, event_ms = excluded.event_ms, "
+            "ON CONFLICT (rtype, id) DO UPDATE SET person = excluded.person, event_ms = excluded.event_ms, "
             "body = excluded.body, times = coalesce(excluded.times, resource.times)",
-            (stored.rtype, stored.id, stored.person, stored.event_ms, _dump(stored.body), times))
+            (stored.rtype, stored.id, stored.person, stored.event_ms, body, times))
+        key, known = (stored.rtype, stored.id), self._seen.resources
+        if times is None and key not in known:
+            return  # the stored times are not known here: read again when asked
+        if times is None:
+            old = known[key]
+            times = old[3] if old is not None else None
+        known[key] = (stored.person, stored.event_ms, body, times)
 
     # -- demographic keys and possible duplicates ------------------------------------------------
+    @_atomic
     def member(self, person: str) -> tuple[str, bool, bool] | None:
         """(digest, has a NAM, Flag open) of a cluster member, None when in no cluster."""
-        row = self._conn.execute("SELECT digest, nam, flagged FROM cluster WHERE person = ?", (person,)).fetchone()
+        row = self._one("SELECT digest, nam, flagged FROM cluster WHERE person = ?", (person,))
         return None if row is None else (str(row[0]), bool(row[1]), bool(row[2]))
 
+    @_atomic
     def join(self, person: str, digest: str, nam: bool) -> None:
-        """``person`` is in the cluster ``digest`` (its join order, the rowid, is kept on updates)."""
-        self._conn.execute(
-            "INSERT INTO cluster(person, digest, nam, flagged) VALUES (?,?,?,0) ON CONFLICT(person) DO UPDATE "
-            "SET nam = excluded.nam, flagged = CASE WHEN digest = excluded.digest THEN flagged ELSE 0 END, "
-            "digest = excluded.digest", (person, digest, int(nam)))
+        """``person`` is in the cluster ``digest``; its join order ``seq`` (max + 1 for a newcomer,
+        what SQLite's rowid was) is kept on updates. Writers are serialised by the lock."""
+        self._rows(
+            "INSERT INTO cluster(person, digest, nam, flagged, seq) "
+            "VALUES (?,?,?,0,(SELECT coalesce(max(seq), 0) + 1 FROM cluster)) ON CONFLICT (person) DO UPDATE "
+            "SET nam = excluded.nam, flagged = CASE WHEN cluster.digest = excluded.digest THEN cluster.flagged "
+            "ELSE 0 END, digest = excluded.digest", (person, digest, int(nam)))
 
+    @_atomic
     def leave(self, person: str) -> None:
-        self._conn.execute("DELETE FROM cluster WHERE person = ?", (person,))
+        self._rows("DELETE FROM cluster WHERE person = ?", (person,))
 
+    @_atomic
     def set_flagged(self, person: str, flagged: bool) -> None:
-        self._conn.execute("UPDATE cluster SET flagged = ? WHERE person = ?", (int(flagged), person))
+        self._rows("UPDATE cluster SET flagged = ? WHERE person = ?", (int(flagged), person))
 
+    @_atomic
     def partner(self, digest: str, person: str, *, without_nam: bool) -> str | None:
         """The earliest other member of the cluster (without a NAM, or any): two index probes."""
         found: list[tuple[int, str]] = []
         for nam in (0,) if without_nam else (0, 1):
-            row = self._conn.execute("SELECT rowid, person FROM cluster WHERE digest = ? AND nam = ? AND person != ? "
-                                     "ORDER BY rowid LIMIT 1", (digest, nam, person)).fetchone()
+            row = self._one("SELECT seq, person FROM cluster WHERE digest = ? AND nam = ? AND person != ? "
+                            "ORDER BY seq LIMIT 1", (digest, nam, person))
             if row is not None:
                 found.append((int(row[0]), str(row[1])))
         return min(found)[1] if found else None
 
+    @_atomic
     def unflagged(self, digest: str, person: str, *, without_nam: bool) -> list[str]:
         """Members of the cluster (without a NAM, or any) other than ``person`` whose Flag is not open."""
-        rows = self._conn.execute("SELECT person, nam FROM cluster WHERE digest = ? AND flagged = 0 AND person != ? "
-                                  "ORDER BY rowid", (digest, person))
+        rows = self._rows("SELECT person, nam FROM cluster WHERE digest = ? AND flagged = 0 AND person != ? "
+                          "ORDER BY seq", (digest, person))
         return [str(p) for p, nam in rows if not (without_nam and nam)]
 
+    @_atomic
     def flags_naming(self, person: str) -> list[Pair]:
         """Open possible-duplicate Flags whose other record is ``person``."""
-        rows = self._conn.execute("SELECT id, a, b, active FROM dup WHERE b = ? AND active = 1 ORDER BY id", (person,))
-        return [Pair(str(i), str(a), str(b), bool(act)) for i, a, b, act in rows]
+        return _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE b = ? AND active = 1", (person,)))
 
+    @_atomic
     def pair(self, pair_id: str) -> Pair | None:
-        row = self._conn.execute("SELECT id, a, b, active FROM dup WHERE id = ?", (pair_id,)).fetchone()
-        return None if row is None else Pair(str(row[0]), str(row[1]), str(row[2]), bool(row[3]))
+        found = _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE id = ?", (pair_id,)))
+        return found[0] if found else None
 
+    @_atomic
     def put_pair(self, pair: Pair) -> None:
-        self._conn.execute("INSERT OR REPLACE INTO dup(id, a, b, active) VALUES (?,?,?,?)",
-                           (pair.id, pair.a, pair.b, int(pair.active)))
+        self._rows("INSERT INTO dup(id, a, b, active) VALUES (?,?,?,?) ON CONFLICT (id) DO UPDATE "
+                   "SET a = excluded.a, b = excluded.b, active = excluded.active",
+                   (pair.id, pair.a, pair.b, int(pair.active)))
 
+    @_atomic
     def pairs(self, *, include_resolved: bool = False) -> list[Pair]:
-        rows = self._conn.execute("SELECT id, a, b, active FROM dup WHERE active >= ? ORDER BY id",
-                                  (0 if include_resolved else 1,))
-        return [Pair(str(i), str(a), str(b), bool(act)) for i, a, b, act in rows]
+        return _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE active >= ?", (0 if include_resolved else 1,)))
+
+    # -- the resolution clock (migrations/identity/0004) --------------------------------------------
+    @_atomic
+    def tick(self) -> int:
+        """The next resolution number: increasing in the order resolutions commit, on every instance."""
+        row = self._one("UPDATE clock SET n = n + 1 WHERE name = 'resolved' RETURNING n")
+        assert row is not None  # the migration inserts the row
+        return int(row[0])
 
     # -- provenance targets as first resolved ----------------------------------------------------
+    @_atomic
     def provenance_refs(self, prov_id: str) -> dict[str, str] | None:
-        row = self._conn.execute("SELECT refs FROM provenance WHERE id = ?", (prov_id,)).fetchone()
+        row = self._one("SELECT refs FROM provenance WHERE id = ?", (prov_id,))
         return None if row is None else dict(json.loads(row[0]))
 
-    def put_provenance_refs(self, prov_id: str, refs: dict[str, str]) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO provenance(id, refs) VALUES (?, ?)",
-                           (prov_id, json.dumps(refs, sort_keys=True, separators=(",", ":"))))
+    @_atomic
+    def first_provenance_refs(self, prov_id: str, refs: dict[str, str]) -> dict[str, str]:
+        """The refs stored for ``prov_id``, ``refs`` stored first when there were none (one
+        statement when the message is resolved the first time)."""
+        text = json.dumps(refs, sort_keys=True, separators=(",", ":"))
+        if self._rows("INSERT INTO provenance(id, refs) VALUES (?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
+                      (prov_id, text)):
+            return dict(refs)
+        return self.provenance_refs(prov_id) or {}
 
     # -- journal of re-published resources -------------------------------------------------------
+    @_atomic
     def journal(self, message: str) -> list[tuple[str, str]]:
-        rows = self._conn.execute("SELECT rtype, id FROM journal WHERE message = ? ORDER BY rtype, id", (message,))
-        return [(str(t), str(i)) for t, i in rows]
+        rows = self._rows("SELECT rtype, id FROM journal WHERE message = ?", (message,))
+        return sorted((str(t), str(i)) for t, i in rows)
 
+    @_atomic
     def add_journal(self, message: str, rtype: str, rid: str) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO journal(message, rtype, id) VALUES (?,?,?)", (message, rtype, rid))
+        self._rows("INSERT INTO journal(message, rtype, id) VALUES (?,?,?) ON CONFLICT (message, rtype, id) DO NOTHING",
+                   (message, rtype, rid))
+
+
+def _pairs(rows: list[Row]) -> list[Pair]:
+    return sorted((Pair(str(i), str(a), str(b), bool(act)) for i, a, b, act in rows), key=lambda p: p.id)

@@ -1,0 +1,98 @@
+"""The intake's mapping results handed to the mapping worker through the shared state.
+
+The intake maps and resolves each message before acknowledging it; the mapping worker must publish
+exactly that result and never resolve the same message a second time (gateway.intake). In one
+process on the embedded defaults a small in-memory cache (``MapCache``) carries it. When the MLLP
+listener runs in a process of its own (gateway.listener), or whenever ``PIVOT_STATE_URL`` is set
+(the record may be taken by another instance's mapping worker), the result goes through the
+``handoff`` table instead (``handoff.sqlite`` under PIVOT_DATA_DIR, or PostgreSQL): written before
+the raw message is appended to ``hl7v2.in`` (so it is there when a worker reads the record), read
+by the worker.
+
+Taking a result does not delete it: ``pop`` marks it taken and returns it; taken results are
+removed :data:`TAKEN_KEEP_S` later. A worker killed after taking a result but before committing its
+batch leaves the record uncommitted; whoever reads it again (the same instance restarted, or the
+instance the partition moved to) finds the same result. A result never taken (an append that
+failed, a crash between the two) is removed after a day. The table holds mapped resources, like
+the FHIR store: the SQLite file is 0600 under PIVOT_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from gateway.eventlog.state.db import StateDb, StateUnavailable, open_state
+from gateway.intake import MapCache
+from mappings import MapResult
+
+log = logging.getLogger("pivot.handoff")
+FILE_NAME = "handoff.sqlite"
+SCHEMA = "handoff"
+KEEP_S = 86_400
+TAKEN_KEEP_S = 300
+_PRUNE_EVERY = 1_000
+
+
+class SharedMapCache(MapCache):
+    """``MapCache`` kept in the shared state (see module docstring)."""
+
+    def __init__(self, db: StateDb) -> None:
+        super().__init__()
+        self.db = db
+        self._count_lock = threading.Lock()
+        self._writes = 0
+
+    def put(self, key: str, result: MapResult) -> None:
+        """Hand a result over. The state unreachable: logged, not raised (the worker, missing it,
+        maps and resolves the message itself; the intake's append then decides the ACK)."""
+        shallow = {f.name: getattr(result, f.name) for f in fields(result)}  # asdict() deep-copies: 2 ms
+        body = json.dumps(shallow, ensure_ascii=False, separators=(",", ":"))
+        try:
+            self.db.run("INSERT INTO handoff(key, body, at, taken) VALUES (?,?,?,NULL) ON CONFLICT (key) "
+                        "DO UPDATE SET body = excluded.body, at = excluded.at, taken = NULL",
+                        (key, body, int(time.time())))
+        except StateUnavailable:
+            log.warning("handoff unavailable: result not handed over key_len=%d", len(key))
+            return
+        self._maybe_prune()
+
+    def pop(self, key: str) -> MapResult | None:
+        """The result of ``key``, marked taken (kept TAKEN_KEEP_S for a worker that dies before its
+        commit). None when there is none (or the state is unreachable: the worker resolves again)."""
+        try:
+            rows = self.db.run("UPDATE handoff SET taken = ? WHERE key = ? RETURNING body", (int(time.time()), key))
+        except StateUnavailable:
+            log.warning("handoff unavailable: result not read key_len=%d", len(key))
+            return None
+        self._maybe_prune()
+        return MapResult(**json.loads(rows[0][0])) if rows else None
+
+    def prune(self, now: int | None = None) -> int:
+        """Remove taken results older than TAKEN_KEEP_S and untaken ones older than KEEP_S."""
+        now = int(time.time()) if now is None else now
+        gone = self.db.run("DELETE FROM handoff WHERE taken < ? OR at < ? RETURNING key",
+                           (now - TAKEN_KEEP_S, now - KEEP_S))
+        return len(gone)
+
+    def _maybe_prune(self) -> None:
+        with self._count_lock:
+            self._writes += 1
+            due = self._writes % _PRUNE_EVERY == 0
+        if due:
+            try:
+                self.prune()
+            except StateUnavailable:
+                log.warning("handoff prune skipped: state unavailable")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def open_handoff(state_url: str, data_dir: Path | None) -> SharedMapCache:
+    """The handoff of these settings: ``data_dir/handoff.sqlite``, or PostgreSQL when ``state_url`` is set."""
+    return SharedMapCache(open_state(state_url, data_dir, FILE_NAME, SCHEMA))
