@@ -90,7 +90,9 @@ def start_pg() -> PgServer:
     folder = pg_bin()
     if folder is None:
         pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql; make test does it)")
-    root = Path(tempfile.mkdtemp(prefix="pivot-pg-"))
+    # as root the server runs as ``postgres``, which must reach its directory: /tmp, not a TMPDIR under
+    # a 0700 directory of root's (the canary suite's child run sets one)
+    root = Path(tempfile.mkdtemp(prefix="pivot-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     user: str | None = None
     if os.geteuid() == 0:
         user = "postgres"

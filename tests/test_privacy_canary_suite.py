@@ -277,7 +277,9 @@ def _check_flow_and_logs(tmp_path: Path, out: str, err: str, elapsed: float) -> 
     assert sum(name.endswith("serve.log") and "Pivot listening" in text for name, text in logs) >= 8, [
         name for name, _ in logs]
     assert any("gateway.cli ingest" in name for name, _ in logs), [name for name, _ in logs]
-    assert sum(len(text) for _, text in logs) > 100_000
+    # ~50 KB since `pivot ingest` hands its results over (the serving gateway no longer resolves, and
+    # logs, each ingested message a second time; 0.4.0: ~110 KB); a source missing drops it far lower
+    assert sum(len(text) for _, text in logs) > 30_000
     assert re.search(r"^INFO\s+pivot\.\w+", logs[2][1], re.MULTILINE), "no in-process gateway log record"
 
     needles = _needles(base)
