@@ -34,10 +34,10 @@ from typing import Any, Protocol
 import httpx
 
 from gateway.errors import DeliverError
+from gateway.fhirstore.subscription_state import DeliveryState, Event
 from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused
 from gateway.subscriptions.model import SubscriptionSpec
 from gateway.subscriptions.notify import StatusInfo, notification_bundle
-from gateway.subscriptions.state import DeliveryState, Event
 
 log = logging.getLogger("pivot.subscriptions")
 JSON = dict[str, Any]

@@ -45,13 +45,13 @@ from gateway.fhirstore import FhirStore, Outcome
 from gateway.fhirstore.match import Matcher
 from gateway.fhirstore.query import Params
 from gateway.fhirstore.search import read_current
+from gateway.fhirstore.subscription_state import DeliveryState, Event
 from gateway.security.audit_disclosure import notification_disclosure
 from gateway.subscriptions.authz import UNREACHABLE, CareTeamAuthorizer, clients_of, unreachable
 from gateway.subscriptions.channel import Channel, RetryPolicy
 from gateway.subscriptions.endpoint import EndpointGuard, EndpointRefused, Resolver, system_resolver
 from gateway.subscriptions.model import CONTENTS, SubscriptionInvalid, SubscriptionSpec, parse_subscription
 from gateway.subscriptions.notify import StatusInfo, notification_bundle, status_bundle
-from gateway.subscriptions.state import DeliveryState, Event
 from gateway.subscriptions.topics import TOPICS_DIR, Topic, load_topics
 
 if TYPE_CHECKING:

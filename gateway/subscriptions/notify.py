@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.fhirstore.dates import instant_text
+from gateway.fhirstore.subscription_state import Event
 from gateway.subscriptions.model import PROFILE_NOTIFICATION, PROFILE_STATUS
-from gateway.subscriptions.state import Event
 
 JSON = dict[str, Any]
 ReadVersion = Callable[[Event], JSON | None]

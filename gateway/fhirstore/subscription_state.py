@@ -1,4 +1,5 @@
-"""Delivery state of every subscription: event numbers, what was acknowledged, failures (SQLite).
+"""Delivery state of every subscription (gateway/subscriptions): event numbers, what was acknowledged,
+failures (SQLite, beside the FHIR store: the SQL lives in the store package).
 
 ``subscriptions.sqlite`` beside the FHIR store (mode 0600, WAL), two tables:
 
