@@ -130,7 +130,7 @@ class Intake:
         commit (a crash in between must not leave a message "seen" but not stored); a resend inside
         the batch is still a duplicate. A failed commit answers AR, transient, for the whole batch."""
         pending: list[OutRecord] = []
-        accepted: list[tuple[str, str]] = []
+        accepted: dict[tuple[str, str], None] = {}  # in order; a dict: O(1) resend check inside the batch
         self._batch.records, self._batch.accepted = pending, accepted
         try:
             replies = [self._receive(raw, origin) for raw, origin in items]
@@ -158,7 +158,7 @@ class Intake:
             pending.append(record)
 
     def _seen(self, sender: str, control_id: str) -> bool:
-        accepted: list[tuple[str, str]] | None = getattr(self._batch, "accepted", None)
+        accepted: dict[tuple[str, str], None] | None = getattr(self._batch, "accepted", None)
         return (accepted is not None and (sender, control_id) in accepted) or self.dedupe.seen(sender, control_id)
 
     def refuse(self, head: bytes, error: GatewayError, origin: Origin) -> Reply:
@@ -260,11 +260,11 @@ class Intake:
                                   transport=origin.transport, received_at=received_at, size=len(raw))
         key = (patient or msg.sender).encode("utf-8")
         self._append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
-        accepted: list[tuple[str, str]] | None = getattr(self._batch, "accepted", None)
+        accepted: dict[tuple[str, str], None] | None = getattr(self._batch, "accepted", None)
         if accepted is None:
             self.dedupe.add(msg.sender, msg.control_id)
         else:  # receive_many adds it once the batch is durable
-            accepted.append((msg.sender, msg.control_id))
+            accepted[(msg.sender, msg.control_id)] = None
 
     def _acks(self, msg: Message, code: str, error: GatewayError | None, enhanced: bool,
               accept_mode: str, app_mode: str) -> list[bytes]:
