@@ -452,6 +452,11 @@ def test_finding_2_program_views_list_own_care_teams_clients_only(world: World) 
               .get("subject", {}).get("reference") == f"Patient/{outsider}"]
     assert theirs
     assert all(world.get(f"/console/api/alerts/{cid}").status_code == 404 for cid in theirs)
+    # the limit counts the clinic's own alerts: newer alerts of other clients do not crowd them out
+    latest = world.get("/console/api/alerts", PROGRAM, params={"limit": "1"}).json()["alerts"]
+    assert [a["patient"]["id"] for a in latest] == [outsider]  # the network's latest is the outsider's
+    assert [a["patient"]["id"] for a in world.get("/console/api/alerts", params={"limit": "1"}).json()["alerts"]] \
+        == [insider]
 
 
 def test_finding_2_the_alert_stream_carries_own_clients_alerts_only(world: World) -> None:
@@ -535,6 +540,43 @@ def test_finding_4_a_care_team_write_grants_no_access(world: World) -> None:
     copied = {**patient, "identifier": [*patient.get("identifier", []), *stranger.get("identifier", [])]}
     assert world.call("PUT", f"/fhir/Patient/{world.inside[0]}", json=copied).status_code == 403
     assert world.call("PUT", f"/fhir/Patient/{world.inside[0]}", json=patient).status_code == 200
+
+
+def test_conditional_writes_find_only_what_the_caller_may_know(world: World) -> None:
+    """If-None-Exist, a conditional update and a conditional reference that match clients outside the
+    caller's care teams answer exactly as when nothing matches: no 412 "several", no "unchanged"."""
+    o1, o2 = world.outside
+    patient = {"resourceType": "Patient", "name": [{"family": "Essai"}]}
+
+    def answer(resp: Any) -> tuple[int, str]:
+        body = resp.json()
+        issues = body.get("issue") or [e["response"].get("outcome", {}).get("issue", [{}])[0]
+                                       for e in body.get("entry", [])]
+        return resp.status_code, json.dumps([i.get("diagnostics") for i in issues])
+
+    def create(criteria: str) -> tuple[int, str]:
+        return answer(world.call("POST", "/fhir/Patient", json=patient, headers={"If-None-Exist": criteria}))
+
+    def update(criteria: str) -> tuple[int, str]:
+        return answer(world.call("PUT", f"/fhir/Patient?{criteria}", json=patient))
+
+    def reference(criteria: str) -> tuple[int, str]:
+        encounter = {"resourceType": "Encounter", "status": "finished",
+                     "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER"},
+                     "subject": {"reference": f"Patient?{criteria}"}}
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [{"request": {"method": "POST", "url": "Encounter"}, "resource": encounter}]}
+        return answer(world.call("POST", "/fhir", json=bundle))
+
+    for attempt in (create, update, reference):
+        nobody = attempt("_id=nobody-0001")
+        assert nobody[0] in (403, 412), nobody
+        assert attempt(f"_id={o1}") == nobody, attempt.__name__
+        assert attempt(f"_id={o1},{o2}") == nobody, attempt.__name__
+    assert world.get(f"/fhir/Patient/{o1}").status_code == 404  # still unknown to the clinic
+    # the program's staff still find them (its reach is the whole program)
+    several = world.call("POST", "/fhir/Patient", PROGRAM, json=patient, headers={"If-None-Exist": f"_id={o1},{o2}"})
+    assert several.status_code == 412, several.text
 
 
 def test_finding_4_every_care_team_change_is_audited(world: World) -> None:

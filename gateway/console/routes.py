@@ -159,8 +159,24 @@ def _alerts(src: ScopedSource, cfg: ConsoleConfig, limit: int) -> dict[str, Any]
     now = now_ms()
     items = [alert_views.alert_json(a, open_=alert_views.is_open(a, visits, now), patient=names.patient(a.patient_id),
                                     site_label=cfg.sites.get(a.site, ""), visits=visits)
-             for a in alert_views.recent_alerts(src.store, limit=limit) if src.boundary.sees_client(a.patient_id)]
+             for a in _visible_alerts(src, limit)]
     return {"alerts": items, "patient": refs([a["patient"]["id"] for a in items])}
+
+
+_ALERT_WINDOW_MAX = 20_000  # network-wide alerts read at most to find an organisation's ``limit`` latest
+
+
+def _visible_alerts(src: ScopedSource, limit: int) -> list[alert_views.Alert]:
+    """The ``limit`` latest alerts the caller may see: the boundary filters BEFORE the limit (an
+    organisation's client gets its own clients' latest alerts, however many newer alerts of other
+    clients there are), reading a window four times larger each round."""
+    window = limit
+    while True:
+        found = alert_views.recent_alerts(src.store, limit=window)
+        mine = [a for a in found if src.boundary.sees_client(a.patient_id)]
+        if len(mine) >= limit or len(found) < window or window >= _ALERT_WINDOW_MAX:
+            return mine[:limit]
+        window = min(window * 4, _ALERT_WINDOW_MAX)
 
 
 def _alert(src: ScopedSource, cfg: ConsoleConfig, cid: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -132,18 +133,29 @@ def check(inter: Interaction) -> None:
         raise bad(exc.message, 422, "invalid") from None
 
 
-def resolve(writer: Writer, inter: Interaction) -> None:
-    """Decide the id this interaction writes (conditional look-ups, server ids)."""
+# the ids among those found that the caller may know (gateway/security/boundary.py's ``reach``)
+Reach = Callable[[Writer, str, list[str]], list[str]]
+
+
+def resolve(writer: Writer, inter: Interaction, reach: Reach | None = None) -> None:
+    """Decide the id this interaction writes (conditional look-ups, server ids). ``reach``: a
+    conditional look-up only finds what the caller may know, so its answer (created, unchanged,
+    412 for several) says nothing about clients outside the caller's reach."""
     if inter.method == "GET":
         return
+
+    def matches_of(params: Params) -> list[str]:
+        found = writer.match_ids(inter.rtype, params)
+        return reach(writer, inter.rtype, found) if reach is not None and found else found
+
     if inter.method == "POST":
-        matches = writer.match_ids(inter.rtype, inter.if_none_exist) if inter.if_none_exist else []
+        matches = matches_of(inter.if_none_exist) if inter.if_none_exist else []
         if len(matches) > 1:
             raise bad("If-None-Exist matches several resources", 412, "duplicate")
         inter.existing = bool(matches)
         inter.target = matches[0] if matches else uuid.uuid4().hex
     elif inter.method == "PUT" and inter.params is not None:
-        matches = writer.match_ids(inter.rtype, inter.params)
+        matches = matches_of(inter.params)
         body_id = (inter.resource or {}).get("id")
         if len(matches) > 1:
             raise bad("conditional update matches several resources", 412, "duplicate")

@@ -30,7 +30,17 @@ from gateway.fhirstore.bundles import (
 )
 from gateway.fhirstore.dates import instant_text
 from gateway.fhirstore.extract import references_in
-from gateway.fhirstore.interactions import Interaction, Result, bad, check, execute, from_entry, parse_url, resolve
+from gateway.fhirstore.interactions import (
+    Interaction,
+    Reach,
+    Result,
+    bad,
+    check,
+    execute,
+    from_entry,
+    parse_url,
+    resolve,
+)
 from gateway.fhirstore.store import FhirStore
 from gateway.fhirstore.writer import Writer
 
@@ -46,6 +56,9 @@ class WriteGuard(Protocol):
 
     def check(self, writer: Writer, inter: Interaction) -> None:
         """Inside the transaction, the target id resolved (StoreError refuses)."""
+
+    def reach(self, writer: Writer, rtype: str, ids: list[str]) -> list[str]:
+        """The ids among ``ids`` the caller may know: conditional look-ups find only those."""
 
 
 def process_bundle(store: FhirStore, bundle: Any, base: str, guard: WriteGuard | None = None) -> JSON:
@@ -84,12 +97,13 @@ def _transaction(store: FhirStore, entries: list[Any], base: str, guard: WriteGu
         items.append(inter)
     results: list[Result | None] = [None] * len(items)
     with store.writing() as writer:
+        reach = guard.reach if guard is not None else None
         for n, inter in enumerate(items):
             try:
-                resolve(writer, inter)
+                resolve(writer, inter, reach)
             except StoreError as exc:
                 raise _at(n, exc) from None
-        _link_full_urls(writer, items, base)
+        _link_full_urls(writer, items, base, reach)
         for n, inter in enumerate(items):
             try:
                 if guard is not None:
@@ -105,7 +119,7 @@ def _transaction(store: FhirStore, entries: list[Any], base: str, guard: WriteGu
                            [_response_entry(base, r) for r in results if r is not None])
 
 
-def _link_full_urls(writer: Writer, items: list[Interaction], base: str) -> None:
+def _link_full_urls(writer: Writer, items: list[Interaction], base: str, reach: Reach | None = None) -> None:
     """Map each written entry's fullUrl to Type/id and rewrite the references that use it."""
     mapping: dict[str, str] = {}
     targets: set[tuple[str, str]] = set()
@@ -123,12 +137,13 @@ def _link_full_urls(writer: Writer, items: list[Interaction], base: str) -> None
         if inter.resource is None:
             continue
         try:
-            inter.resource = _rewrite(writer, inter.resource, mapping, base)
+            inter.resource = _rewrite(writer, inter.resource, mapping, base, reach)
         except StoreError as exc:
             raise _at(n, exc) from None
 
 
-def _rewrite(writer: Writer | None, resource: JSON, mapping: dict[str, str], base: str) -> JSON:
+def _rewrite(writer: Writer | None, resource: JSON, mapping: dict[str, str], base: str,
+             reach: Reach | None = None) -> JSON:
     refs = list(references_in(resource))
     if not any(r["reference"] in mapping or r["reference"].startswith("urn:") or "?" in r["reference"]
                for r in refs):
@@ -143,6 +158,8 @@ def _rewrite(writer: Writer | None, resource: JSON, mapping: dict[str, str], bas
         elif "?" in value and writer is not None:
             rtype, _rid, params = parse_url(value, base)
             matches = writer.match_ids(rtype, params or [])
+            if reach is not None and matches:  # only what the caller may know (a 412 tells nothing else)
+                matches = reach(writer, rtype, matches)
             if len(matches) != 1:
                 raise bad("a conditional reference must match exactly one resource", 412, "not-found")
             ref["reference"] = f"{rtype}/{matches[0]}"
@@ -173,7 +190,7 @@ def _batch(store: FhirStore, entries: list[Any], base: str, guard: WriteGuard | 
                 continue
             try:
                 with writer.savepoint():
-                    resolve(writer, item)
+                    resolve(writer, item, guard.reach if guard is not None else None)
                     if guard is not None:
                         guard.check(writer, item)
                     out.append(_response_entry(base, execute(writer, item)))

@@ -76,7 +76,7 @@ def make_fhir_router(get_store: Callable[[], FhirStore], *, base_path: str = "/f
         guard.prepare(inter)
         get_store().check_write(inter.resource)
         with get_store().writing() as writer:
-            resolve(writer, inter)
+            resolve(writer, inter, guard.reach)
             guard.check(writer, inter)
             return execute(writer, inter)
 

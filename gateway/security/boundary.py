@@ -153,6 +153,22 @@ class Boundary:
             raise forbidden("an organisation's client cannot change a Patient's identifiers or links: they "
                             "decide who the person is across sites (the sites' feeds and merges do)")
 
+    def reach(self, writer: Writer, rtype: str, ids: list[str]) -> list[str]:
+        """The ids among ``ids`` (a conditional look-up's matches) the caller may know: an
+        If-None-Exist, a conditional update or reference matching a client outside its care teams
+        answers as if nothing matched (then ``check`` refuses the write as for any unknown client)."""
+        if self.audience is None:
+            return ids
+        known = []
+        for rid in ids:
+            try:
+                current = read_current(writer.conn, rtype, rid).resource
+            except StoreError:
+                continue
+            if self.sees(current, rtype):
+                known.append(rid)
+        return known
+
     def _own_team(self, old: JSON | None) -> None:
         org = self.organization
         if old is None or not self.rule.team_includes(old, org):
