@@ -43,20 +43,26 @@ def _mapped(n: int) -> list[MapResult]:
 
 
 class _Counted:
-    """Counts the statements of every transaction (both engines' Tx classes)."""
+    """Counts the statements of every transaction (both engines' Tx classes; an ``executemany``
+    counts once: one call, one round trip on PostgreSQL)."""
 
     n = 0
 
     @classmethod
     def install(cls) -> None:
         for tx in (state_db._SqliteTx, state_db._PgTx):
-            original = tx.execute
+            original, original_many = tx.execute, tx.executemany
 
             def execute(self: Any, sql: str, params: Any = (), _original: Any = original) -> Any:
                 cls.n += 1
                 return _original(self, sql, params)
 
+            def executemany(self: Any, sql: str, rows: Any, _original: Any = original_many) -> None:
+                cls.n += 1
+                _original(self, sql, rows)
+
             tx.execute = execute  # type: ignore[method-assign]
+            tx.executemany = executemany  # type: ignore[method-assign]
 
 
 def _cpu_s(pid: int | None) -> float:

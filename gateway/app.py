@@ -25,7 +25,7 @@ from gateway.errors import ConfigError
 from gateway.eventlog.base import EventLog
 from gateway.eventlog.embedded import private_dir, secure_file
 from gateway.eventlog.state.dedupe import open_dedupe
-from gateway.eventlog.state.handoff import open_handoff
+from gateway.eventlog.state.handoff import SpillMapCache, open_handoff
 from gateway.eventlog.state.ledger import open_ledger
 from gateway.eventlog.state.register import open_register
 from gateway.eventlog.worker import Worker
@@ -95,6 +95,8 @@ class Gateway:
         self.cache: MapCache = MapCache()
         if listener_process or settings.state_url:  # another process or instance may take the record
             self.cache = open_handoff(settings.state_url, settings.data_dir)
+        elif settings.workers:  # this process's worker: memory, then a spill file (no result dropped)
+            self.cache = SpillMapCache(settings.data_dir)
         self.identity = IdentityResolver(settings.data_dir, settings.state_url)
         self.ledger = open_ledger(settings.state_url, settings.data_dir)
         self.register = open_register(settings.state_url, settings.data_dir)

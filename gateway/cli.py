@@ -1,7 +1,8 @@
 """``pivot`` command line: serve, ingest files, dead letters.
 
     pivot serve                       run the gateway (embedded defaults, or Kafka per PIVOT_*)
-    pivot ingest FILE…                feed files of messages / FHS-BHS batches through the intake ('-': stdin)
+    pivot ingest FILE…                feed files of messages / FHS-BHS batches through the intake ('-': stdin),
+                                      streamed; --jobs N: map + validate in N worker processes
     pivot candidates [--csv]          Défi Santé: frequent ER users, ranked (gateway.defisante.commands)
     pivot outcomes [--csv]            Défi Santé: ER visits before / since enrollment
     pivot simulate …                  a simulated year of ER ADT and its ground truth
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="ingest files of HL7v2 messages or FHS/BHS batches")
     ing.add_argument("files", nargs="+", type=Path, help="files to read ('-' reads standard input)")
     ing.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ing.add_argument("--jobs", type=_jobs, default=os.cpu_count() or 1, metavar="N",
+                     help="worker processes for decode + map + validate (default: the CPU count; 1: none, "
+                          "everything in this process); identity, dedupe and the log stay here, in order")
     ing.add_argument("--wait", action="store_true",
                      help="also run the mapping and store workers until everything ingested is stored")
     dl = sub.add_parser("deadletter", help="dead letters: list or replay")
@@ -63,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
 
     defisante_commands.add_parsers(sub)
     return p
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= jobs <= 256:
+        raise argparse.ArgumentTypeError("between 1 and 256")
+    return jobs
 
 
 def _cli_log_level(command: str, configured: str) -> str:
@@ -125,15 +139,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         for name, value in settings.model_dump().items():
             print(f"PIVOT_{name.upper()}={value if value is not None else ''}")
         return 0
+    if args.command == "ingest":
+        return _ingest(settings, args)
     from gateway.app import Gateway
 
-    # ingest: the intake's results go through the handoff (like the MLLP listener process's), so the
-    # mapping worker of the gateway serving this data dir takes them instead of mapping again
-    gateway = Gateway(settings.model_copy(update={"workers": bool(getattr(args, "wait", False))}),
-                      listener_process=args.command == "ingest" and settings.embedded)
+    gateway = Gateway(settings.model_copy(update={"workers": False}))
     try:
-        if args.command == "ingest":
-            return _ingest(gateway, args)
         if args.command == "identity":
             from gateway.identity import cli as identity_cli
 
@@ -143,32 +154,31 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         gateway.close()
 
 
-def _ingest(gateway: object, args: argparse.Namespace) -> int:
+def _ingest(settings: Settings, args: argparse.Namespace) -> int:
+    """``pivot ingest``: the worker pool (``--jobs``) starts first, holding none of the gateway's files;
+    the intake's results go through the handoff (like the MLLP listener process's), so the mapping
+    worker of the gateway serving this data dir takes them instead of mapping again."""
+    from contextlib import nullcontext
+
+    from connectors.ahead import AheadPool, bulk_gc
     from connectors.files import ingest_files
     from gateway.app import Gateway
 
-    assert isinstance(gateway, Gateway)
-    files = list(args.files)
-    spool: Path | None = None
-    if Path("-") in files:  # standard input (e.g. `pivot simulate | pivot ingest -`): spooled to a 0600 file
-        import tempfile
+    pool = (AheadPool(args.jobs, settings.sender_profiles, settings.identifier_systems, settings.default_timezone)
+            if args.jobs > 1 else None)
+    with pool if pool is not None else nullcontext():
+        gateway = Gateway(settings.model_copy(update={"workers": bool(args.wait)}), listener_process=settings.embedded)
+        try:
+            progress = not args.no_progress and sys.stderr.isatty()
+            with bulk_gc():
+                summary = ingest_files(list(args.files), gateway.intake, progress=progress, pool=pool)
+            if args.wait:
+                gateway.start_workers()
+                from gateway.drain import wait_drained
 
-        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".hl7", dir=gateway.settings.data_dir)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(sys.stdin.buffer.read())
-        spool = Path(name)
-        files = [spool if f == Path("-") else f for f in files]
-    try:
-        progress = not args.no_progress and sys.stderr.isatty()
-        summary = ingest_files(files, gateway.intake, progress=progress)
-    finally:
-        if spool is not None:
-            spool.unlink(missing_ok=True)
-    if args.wait:
-        gateway.start_workers()
-        from gateway.drain import wait_drained
-
-        wait_drained(gateway)
+                wait_drained(gateway)
+        finally:
+            gateway.close()
     return 0 if summary.refused == 0 else 1
 
 

@@ -36,6 +36,29 @@ def fhir_envelope(resource: dict[str, Any], *, site: str, control_id: str, sende
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+def dumps(value: Any) -> str:
+    """The envelopes' JSON text of ``value`` (compact, UTF-8 kept as is)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+_string = json.encoder.encode_basestring  # dumps(text) of a str, without building an encoder
+
+
+def envelope_head(*, site: str, control_id: str, sender: str, received_at: str, produced_at: str) -> str:
+    """The text of a ``fhir.<Type>`` envelope before its resource: the same for every resource of a message."""
+    return (f'{{"schema_version":{SCHEMA_VERSION},"source_site":{_string(site)},"sender":{_string(sender)},'
+            f'"msh10":{_string(control_id)},"received_at":{_string(received_at)},'
+            f'"produced_at":{_string(produced_at)},"resource":')
+
+
+def envelope_text(head: str, resource_json: str, resolved: int = 0) -> bytes:
+    """:func:`fhir_envelope` of an already serialised resource (``dumps(resource)``) after its
+    message's :func:`envelope_head`: byte for byte the same JSON, without serialising the resource
+    again (the mapping worker serialises each resource once for its own envelope and the bundle)."""
+    tail = f',"resolved":{resolved if type(resolved) is int else dumps(resolved)}}}' if resolved else "}"
+    return (head + resource_json + tail).encode("utf-8")
+
+
 def inbound_headers(*, sender: str, control_id: str, message_type: str, transport: str,
                     received_at: str, size: int) -> dict[str, str]:
     """Headers of an ``hl7v2.in`` record (ids and sizes only)."""

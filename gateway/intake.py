@@ -37,7 +37,7 @@ from gateway.hl7v2.ack import ack_modes, build_ack, recover_control_id, wants_ac
 from gateway.hl7v2.tokenizer import Message
 from gateway.identity import IdentityResolver
 from gateway.metrics import Metrics
-from gateway.pipeline import Pipeline, received
+from gateway.pipeline import Ahead, Pipeline, received
 from gateway.pipeline import msh_head as _msh_only
 from gateway.settings import Settings
 from mappings import IdentifierSystems, MapResult, Profiles
@@ -123,17 +123,21 @@ class Intake:
                              "time from message received to ACK", transport=origin.transport)
         return reply
 
-    def receive_many(self, items: Sequence[tuple[bytes, Origin]]) -> list[Reply]:
+    def receive_many(self, items: Sequence[tuple[bytes, Origin]],
+                     ahead: Sequence[Ahead] | None = None) -> list[Reply]:
         """``receive`` of each message in order (``pivot ingest``'s batches, connectors/files.py), the
-        batch's records (raw messages, dead letters, review entries) appended in ONE ``append_many``
-        (one fsync) before any reply. The accepted messages enter the dedupe index only after that
-        commit (a crash in between must not leave a message "seen" but not stored); a resend inside
-        the batch is still a duplicate. A failed commit answers AR, transient, for the whole batch."""
+        pure steps of each taken from ``ahead`` when given (``Pipeline.ahead`` of each raw message, in a
+        worker process: ``pivot ingest --jobs N``; the replies are the same), the batch's records (raw
+        messages, dead letters, review entries) appended in ONE ``append_many`` (one fsync) before any
+        reply. The accepted messages enter the dedupe index only after that commit (a crash in between
+        must not leave a message "seen" but not stored); a resend inside the batch is still a duplicate.
+        A failed commit answers AR, transient, for the whole batch."""
         pending: list[OutRecord] = []
         accepted: dict[tuple[str, str], None] = {}  # in order; a dict: O(1) resend check inside the batch
         self._batch.records, self._batch.accepted = pending, accepted
         try:
-            replies = [self._receive(raw, origin) for raw, origin in items]
+            pres = ahead if ahead is not None else [None] * len(items)
+            replies = [self._receive(raw, origin, pre) for (raw, origin), pre in zip(items, pres, strict=True)]
         finally:
             self._batch.records = self._batch.accepted = None
         try:
@@ -177,8 +181,10 @@ class Intake:
                      control_id=control_id, error=error.describe())
 
     # -- steps -------------------------------------------------------------------------------------
-    def _receive(self, raw: bytes, origin: Origin) -> Reply:
-        received_at = now_iso()
+    def _receive(self, raw: bytes, origin: Origin, ahead: Ahead | None = None) -> Reply:
+        """One message; ``ahead``: its pure steps already run (``Pipeline.ahead``), the same checks in
+        the same order on their outcome."""
+        received_at = now_iso() if ahead is None else ahead.received_at
         head = _msh_only(raw)
         sender = _sender_of(head)
         try:
@@ -196,7 +202,7 @@ class Intake:
             return self._reject(raw, msg, MapError("MSH-10 message control id is empty",
                                                    hl7_code="101"), origin, sender)
         try:  # before the store: a missing required segment/field is AE (original), CE (enhanced)
-            profile = self.pipeline.require(msg)
+            profile = self.pipeline.require(msg) if ahead is None else self.pipeline.required(ahead, msg)
         except GatewayError as exc:
             return self._reject(raw, msg, exc, origin, sender)
         accept_mode, app_mode = ack_modes(msg)
@@ -209,7 +215,8 @@ class Intake:
         # map and resolve before the append, and hand the result to the mapping worker (cache) before
         # the record can reach it: the worker must never resolve the same message a second time
         try:
-            outcome = self.pipeline.resolve(msg, profile, received(received_at))
+            outcome = (self.pipeline.resolve(msg, profile, received(received_at)) if ahead is None
+                       else self.pipeline.resolve_ahead(ahead, msg))
         except PublishError as exc:  # the shared state (identity index) is down: AR, transient, no dead letter
             return self._down(msg, exc, origin, enhanced, accept_mode, app_mode)
         result, warnings, error = outcome.result, outcome.warnings, outcome.error  # warnings: ACK and review

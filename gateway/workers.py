@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
-from gateway.envelope import deadletter_headers, fhir_envelope
+from gateway.delivery.bundle import BUNDLE_TOPIC, bundle_id, message_bundle_json
+from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_text, now_iso
 from gateway.errors import GatewayError, PublishError, StoreError
 from gateway.eventlog.base import EventLog, OutRecord, Record
 from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
@@ -79,22 +79,26 @@ class MappingWorker(Worker):
         self.metrics.inc("pivot_mapped_total", help_text="messages mapped and published", sender=sender)
         for seg in result.unmapped_segments:
             self.metrics.inc("pivot_unmapped_segments_total", help_text="segments not mapped", segment=seg)
-        out = [
-            OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])),
-                      key=str(res["id"]).encode(),
-                      value=fhir_envelope(res, site=site, control_id=control_id, sender=sender,
-                                          received_at=received_at, resolved=result.resolved),
-                      headers={"msh10": control_id, "sender": sender})
-            for res in result.resources
-        ]
-        # the whole message as one transaction Bundle, keyed by patient: what the delivery sink sends
-        bundle = message_bundle(result.resources, sender=sender, control_id=control_id)
-        out.append(OutRecord(topic=self.settings.topic(BUNDLE_TOPIC), key=(result.patient_id or bundle["id"]).encode(),
-                             value=fhir_envelope(bundle, site=site, control_id=control_id, sender=sender,
-                                                 received_at=received_at),
-                             headers={"msh10": control_id, "sender": sender}))
+        out = self._records(result, site, sender, control_id, received_at)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))
+        return out
+
+    def _records(self, result: MapResult, site: str, sender: str, control_id: str,
+                 received_at: str) -> list[OutRecord]:
+        """One ``fhir.<Type>`` envelope per resource, then the whole message as one transaction Bundle
+        keyed by patient (what the delivery sink sends): each resource serialised once for both."""
+        texts = [dumps(res) for res in result.resources]
+        head = envelope_head(site=site, control_id=control_id, sender=sender, received_at=received_at,
+                             produced_at=now_iso())
+        out = [OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])), key=str(res["id"]).encode(),
+                         value=envelope_text(head, text, result.resolved),
+                         headers={"msh10": control_id, "sender": sender})
+               for res, text in zip(result.resources, texts, strict=True)]
+        bundle = message_bundle_json(result.resources, texts, sender=sender, control_id=control_id)
+        out.append(OutRecord(topic=self.settings.topic(BUNDLE_TOPIC),
+                             key=(result.patient_id or bundle_id(sender, control_id)).encode(),
+                             value=envelope_text(head, bundle), headers={"msh10": control_id, "sender": sender}))
         return out
 
     def _resolve(self, rec: Record, received_at: str) -> MapResult:
@@ -139,7 +143,7 @@ class StoreSink(Worker):
         items: list[tuple[Record, dict[str, Any], int]] = []  # record, resource, its resolution's rank
         for rec in records:
             try:
-                envelope = json.loads(rec.value)
+                envelope = json.loads(rec.value.decode())  # our envelopes are UTF-8: no detection
                 items.append((rec, envelope["resource"], int(envelope.get("resolved") or 0)))
             except (ValueError, KeyError, TypeError, AttributeError):
                 self._dead(rec, StoreError("unreadable fhir envelope"))

@@ -108,6 +108,7 @@ class Profiles:
     default: Profile
     rules: tuple[_Rule, ...] = ()
     _exact: dict[tuple[str, str], Profile] = field(default_factory=dict)
+    _matched: dict[tuple[str, str], Profile] = field(default_factory=dict, compare=False, repr=False)  # bounded
 
     @classmethod
     def load(cls, path: Path | None, default_timezone: str) -> Profiles:
@@ -137,7 +138,16 @@ class Profiles:
 
     def for_message(self, msg: Message) -> Profile:
         """The profile of ``msg``'s sender (only MSH is read); ``site`` defaults to MSH-4.1."""
-        app, fac = msg.sending_application, msg.sending_facility
+        key = (msg.sending_application, msg.sending_facility)
+        prof = self._matched.get(key)
+        if prof is None:
+            prof = self._match(*key)
+            if len(self._matched) >= 1024:
+                self._matched.clear()
+            self._matched[key] = prof
+        return prof
+
+    def _match(self, app: str, fac: str) -> Profile:
         prof = self._exact.get((app, fac))
         if prof is None:
             prof = next((r.profile for r in self.rules if r.application in ("*", app) and r.facility in ("*", fac)),

@@ -12,7 +12,11 @@ Encounter.status) and on each primitive value matching its FHIR type. So:
    placeholder; every other value (codes with required bindings, unknown paths, any value that
    fails the check) stays verbatim;
 2. the masked form is the cache key: a hit means a resource of the same shape, same verbatim
-   values and type-valid primitives was fully validated before, so this one is valid too;
+   values and type-valid primitives was fully validated before, so this one is valid too. The key
+   is built in one pass as one flat hashable tuple (no copy, no JSON text): ``_SCHEMA`` is compiled
+   once into per-kind masking functions, and each kind but ``string`` (names, addresses: checked
+   every time, never remembered) remembers its last checks in a bounded dict (system URIs, codes
+   and timestamps repeat);
 3. a miss runs the full ``validate`` on the real resource and remembers its key on success.
 
 Errors always come from the full validator (a failing value is never masked, so it misses). The
@@ -22,8 +26,8 @@ the resources. ``validate_all(…, cached=False)`` validates every resource in f
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -31,50 +35,50 @@ from gateway.fhir.models import validate
 
 JSON = dict[str, Any]
 _CACHE_MAX = 8192
-_validated: set[str] = set()
+_SEEN_MAX = 4096  # per primitive kind: values already checked (system URIs, codes, timestamps repeat)
+_validated: set[tuple[Any, ...]] = set()
 
 # -- primitive checks (each at least as strict as fhir_core's) --------------------------------------
-_STRING = re.compile(r"[ \r\n\t\S]+")
-_CODE = re.compile(r"[^\s]+(\s[^\s]+)*")
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_URI = re.compile(r"\S+")
-_DATETIME = re.compile(
-    r"(?P<y>[0-9]{4})(?:-(?P<m>[0-9]{2})(?:-(?P<d>[0-9]{2})"
-    r"(?:T(?P<H>[0-9]{2}):(?P<M>[0-9]{2}):(?P<S>[0-9]{2})(?:\.[0-9]{1,9})?(?P<tz>Z|[+-][0-9]{2}:[0-9]{2}))?)?)?"
-)
+_STRING = re.compile(r"[ \r\n\t\S]+").fullmatch
+_CODE = re.compile(r"[^\s]+(\s[^\s]+)*").fullmatch
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}").fullmatch
+_URI = re.compile(r"\S+").fullmatch
+# ranges in the pattern (year not 0000, month 01-12, day 01-31, 00:00:00-23:59:59, offset up to
+# ±13:59 or ±14:00); only a day past the 28th needs the calendar (_real_day)
+_YMD = r"(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+_YEAR_MONTH = r"(?!0000)[0-9]{4}(?:-(?:0[1-9]|1[0-2]))?"
+_TIME = (r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?"
+         r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))")
+_DATE = re.compile(f"{_YMD}|{_YEAR_MONTH}").fullmatch
+_DATETIME = re.compile(f"{_YMD}(?:{_TIME})?|{_YEAR_MONTH}").fullmatch
+_INSTANT = re.compile(f"{_YMD}{_TIME}").fullmatch
 
 
-def _date_time_ok(text: str, kind: str) -> bool:
-    m = _DATETIME.fullmatch(text)
-    if m is None or m["y"] == "0000":
-        return False
-    if kind == "date" and m["H"]:
-        return False
-    if kind == "instant" and not m["H"]:
-        return False
+def _real_day(text: str) -> bool:
+    """A day past the 28th exists in its month (``text`` already matched one of the patterns above)."""
+    if len(text) < 10 or text[8:10] <= "28":
+        return True
     try:
-        date(int(m["y"]), int(m["m"] or 1), int(m["d"] or 1))
+        date(int(text[:4]), int(text[5:7]), int(text[8:10]))
     except ValueError:
         return False
-    if m["H"] and (int(m["H"]) > 23 or int(m["M"]) > 59 or int(m["S"]) > 59):
-        return False
-    tz = m["tz"]
-    return not tz or tz == "Z" or tz[1:] == "14:00" or (int(tz[1:3]) <= 13 and int(tz[4:6]) <= 59)
+    return True
 
 
-def _ok(kind: str, val: Any) -> bool:
-    if not isinstance(val, str):
-        return False
-    if kind == "string":
-        return _STRING.fullmatch(val) is not None
-    if kind == "code":
-        return _CODE.fullmatch(val) is not None
-    if kind == "id":
-        return _ID.fullmatch(val) is not None
-    if kind == "uri":
-        return _URI.fullmatch(val) is not None
-    return _date_time_ok(val, kind)
+def _string_ok(text: str) -> bool:
+    # a printable str has no whitespace but the space (checked over every code point), so it matches
+    return (bool(text) and text.isprintable()) or _STRING(text) is not None
 
+
+_CHECKS: dict[str, Callable[[str], bool]] = {
+    "string": _string_ok,
+    "code": lambda text: _CODE(text) is not None,
+    "id": lambda text: _ID(text) is not None,
+    "uri": lambda text: _URI(text) is not None,
+    "date": lambda text: _DATE(text) is not None and _real_day(text),
+    "dateTime": lambda text: _DATETIME(text) is not None and _real_day(text),
+    "instant": lambda text: _INSTANT(text) is not None and _real_day(text),
+}
 
 _PLACEHOLDER = {"string": "s", "code": "c", "id": "i", "uri": "u", "date": "2000-01-01",
                 "dateTime": "2000-01-01T00:00:00+00:00", "instant": "2000-01-01T00:00:00+00:00"}
@@ -114,30 +118,131 @@ _SCHEMA: dict[str, JSON] = {
 }
 
 
-def _mask(node: Any, schema: Any) -> Any:
-    if isinstance(node, list):
-        return [_mask(item, schema) for item in node]
-    if isinstance(schema, str):
-        return _PLACEHOLDER[schema] if _ok(schema, node) else node
-    if isinstance(node, dict) and isinstance(schema, dict):
-        return {k: (_mask(v, schema[k]) if k in schema else v) for k, v in node.items()}
-    return node
+# -- the key: one pass over the resource, one flat tuple -----------------------------------------------
+# A dict is _DICT key value key value… _END, a list _LIST item… _END (at a schema path; a verbatim
+# subtree is one nested tuple, (_DICT, key, value…) or (_LIST, item…)); a str is itself (verbatim, or
+# its kind's placeholder: a verbatim value at a masked path fails the check, the placeholder passes
+# it, so they never meet); any other value (its class, value): True, 1 and 1.0 stay apart as in JSON.
+_DICT, _LIST, _END = object(), object(), object()
+_Mask = Callable[[Any], Any]
 
 
-def shape_key(resource: JSON) -> str | None:
-    """The masked form of ``resource`` as text (None for a resource type we do not cache)."""
-    schema = _SCHEMA.get(str(resource.get("resourceType")))
+def _freeze(node: Any) -> Any:
+    """``node`` verbatim, as a hashable value; a value of any type JSON has not makes the key
+    unhashable on purpose (validate_all then validates in full)."""
+    cls = node.__class__
+    if cls is str:
+        return node
+    if cls is dict:
+        return (_DICT, *[x for k, v in node.items() for x in (k, _freeze(v))])
+    if cls is list:
+        return (_LIST, *[_freeze(v) for v in node])
+    if cls is float:
+        return (cls, repr(node))  # -0.0 is not 0.0, as in JSON
+    if cls is bool or cls is int or node is None:
+        return (cls, node)
+    return [node]
+
+
+def _masker(kind: str) -> _Mask:
+    """The masking of one primitive ``kind``: its placeholder when the value passes the check."""
+    check, placeholder = _CHECKS[kind], _PLACEHOLDER[kind]
+    if kind == "string":  # names, addresses…: checked each time (cheap), not remembered
+
+        def mask_string(val: Any) -> Any:
+            if val.__class__ is not str:
+                return _freeze(val)
+            return placeholder if check(val) else val
+
+        return mask_string
+    seen: dict[str, str] = {}
+
+    def mask(val: Any) -> Any:
+        if val.__class__ is not str:
+            return _freeze(val)
+        out = seen.get(val)
+        if out is None:
+            out = placeholder if check(val) else val
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            seen[val] = out
+        return out
+
+    return mask
+
+
+_MASKERS = {kind: _masker(kind) for kind in _CHECKS}
+_MASK_STRING = _MASKERS["string"]
+
+
+def _compile(schema: JSON) -> JSON:
+    """``schema`` with each kind replaced by its masking function."""
+    return {k: _MASKERS[v] if isinstance(v, str) else _compile(v) for k, v in schema.items()}
+
+
+_COMPILED: dict[str, JSON] = {rtype: _compile(schema) for rtype, schema in _SCHEMA.items()}
+
+
+def _walk(node: JSON, schema: JSON, out: list[Any]) -> None:
+    """Append the key of a dict at a path of the schema (``schema``: its compiled children) to ``out``."""
+    append = out.append
+    append(_DICT)
+    for k, v in node.items():
+        append(k)
+        sub = schema.get(k)
+        cls = v.__class__
+        if cls is str:
+            if sub is None:
+                append(v)
+            elif sub is _MASK_STRING and v and v.isprintable():  # the commonest leaf, inlined
+                append("s")
+            else:
+                append(_freeze(v) if sub.__class__ is dict else sub(v))
+        elif sub is None:
+            append(_freeze(v))
+        elif sub.__class__ is dict:
+            if cls is dict:
+                _walk(v, sub, out)
+            elif cls is list:
+                append(_LIST)
+                for item in v:
+                    if item.__class__ is dict:
+                        _walk(item, sub, out)
+                    else:
+                        append(_freeze(item))
+                append(_END)
+            else:
+                append(_freeze(v))
+        elif cls is list:
+            append(_LIST)
+            for item in v:
+                append(sub(item))
+            append(_END)
+        else:
+            append(sub(v))
+    append(_END)
+
+
+def shape_key(resource: JSON) -> tuple[Any, ...] | None:
+    """The masked form of ``resource`` (None for a resource type we do not cache)."""
+    rtype = resource.get("resourceType")
+    schema = _COMPILED.get(rtype) if rtype.__class__ is str else None
     if schema is None:
         return None
-    return json.dumps(_mask(resource, schema), separators=(",", ":"), ensure_ascii=False)
+    out: list[Any] = []
+    _walk(resource, schema, out)
+    return tuple(out)
 
 
 def validate_all(resources: list[JSON], *, cached: bool = True) -> None:
     """Validate every resource (ValidateError names the resource type and paths, never values)."""
     for res in resources:
         key = shape_key(res) if cached else None
-        if key is not None and key in _validated:
-            continue
+        try:
+            if key is not None and key in _validated:
+                continue
+        except TypeError:  # a value JSON has not (a set, a Decimal…) made the key unhashable: no cache
+            key = None
         validate(res)
         if key is not None:
             if len(_validated) >= _CACHE_MAX:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 pytest_plugins = ["tests.kafka_fixtures", "tests.fhir_server_fixtures", "tests.fhir_fixtures", "tests.pg_fixtures",
-                  "tests.console_page_fixtures"]
+                  "tests.console_page_fixtures", "tests.canary_plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpus"

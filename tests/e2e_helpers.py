@@ -77,3 +77,20 @@ def search(base: str, path: str, **params: str) -> dict[str, Any]:
 def entries(bundle: dict[str, Any], rtype: str | None = None) -> list[dict[str, Any]]:
     out = [e["resource"] for e in bundle.get("entry", [])]
     return [r for r in out if rtype is None or r["resourceType"] == rtype]
+
+
+def visit_counts(fhir_base: str) -> dict[str, int]:
+    """Encounters per visit number (identifier system ``urn:pivot:visit:…``), paging through every Encounter
+    of a FHIR server (``fhir_base``: its base URL, e.g. ``http://127.0.0.1:8080/fhir``)."""
+    counts: dict[str, int] = {}
+    url: str | None = f"{fhir_base}/Encounter?_count=1000"
+    while url:
+        resp = httpx.get(url, timeout=30)
+        resp.raise_for_status()
+        page = resp.json()
+        for entry in page.get("entry", []):
+            for ident in entry["resource"].get("identifier", []):
+                if str(ident.get("system", "")).startswith("urn:pivot:visit:"):
+                    counts[ident["value"]] = counts.get(ident["value"], 0) + 1
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return counts

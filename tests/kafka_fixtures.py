@@ -136,19 +136,29 @@ class BrokerProcess:
 
 
 def read_topic(bootstrap: str, topic: str, timeout_ms: int = 1500) -> list[Any]:
-    """Every record value of ``topic`` from the beginning, JSON-decoded ([] when it does not exist)."""
+    """Every record value of ``topic`` from the beginning up to its end offsets at the call, JSON-decoded
+    ([] when it does not exist). Reads until each partition's position reaches its end offset (not until
+    ``timeout_ms`` without a record, which cost every call that long); a poll left empty for ``timeout_ms``
+    ends it early."""
     import json
 
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=timeout_ms)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or set()]
         if not tps:
             return []
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        return [json.loads(rec.value) for rec in consumer]
+        ends = consumer.end_offsets(tps)
+        values: list[Any] = []
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            batches = consumer.poll(timeout_ms=timeout_ms)
+            if not batches:
+                break
+            values += [json.loads(rec.value) for recs in batches.values() for rec in recs]
+        return values
     finally:
         consumer.close()
 

@@ -9,15 +9,25 @@ import random
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from gateway.delivery.bundle import entry_urn, iter_references, message_bundle, patient_key, search_escape
+from gateway import envelope
+from gateway.delivery.bundle import (
+    entry_urn,
+    iter_references,
+    message_bundle,
+    message_bundle_json,
+    patient_key,
+    search_escape,
+)
 from gateway.delivery.client import FhirRefused, outcome_summary
 from gateway.delivery.config import client_from_settings
 from gateway.delivery.delta import prune, read_request
 from gateway.delivery.retry import backoff_s, next_delay_s, retry_after_s
+from gateway.envelope import dumps
 from gateway.errors import ConfigError, DeliverError
 from gateway.settings import load_settings
 from tests.fhir_server_fixtures import sample_resources
@@ -79,6 +89,40 @@ def test_duplicates_collapse_and_separators_are_escaped() -> None:
     query = dict(parse_qsl(urlsplit(bundle["entry"][0]["request"]["url"]).query))
     assert query["identifier"] == "urn:a\\,b|x\\|y\\$z\\\\"
     assert search_escape("a,b") == "a\\,b"
+
+
+def test_bundle_text_is_the_bundle_serialised() -> None:
+    """The mapping worker's bundle, built on each resource's text, is byte for byte the dict's JSON."""
+    retired = {"resourceType": "Patient", "id": "old", "active": False, "identifier": [{"system": "s", "value": "v"}],
+               "link": [{"type": "replaced-by", "other": {"reference": "Patient/p1"}}]}
+    tricky = {"resourceType": "Observation", "id": "o1", "status": "final",
+              "note": [{"text": 'quoted "reference":"Patient/p1" stays text, é'}],
+              "subject": {"reference": "Patient/p1", "display": "x"},
+              "performer": [{"reference": "Practitioner/elsewhere"}, {"reference": "Patient/old"}],
+              "extension": [{"url": "u", "valueReference": {"reference": "Patient/p1"}}]}
+    p1 = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:a,b", "value": "x|y"}]}
+    cases: list[list[dict[str, Any]]] = [sample_resources(3), sample_resources(11, site="HDL"),
+                                         [p1, retired, tricky, p1], []]
+    for resources in cases:
+        texts = [dumps(res) for res in resources]
+        expected = dumps(message_bundle(resources, sender=SENDER, control_id=CID))
+        assert message_bundle_json(resources, texts, sender=SENDER, control_id=CID) == expected
+    rewritten = json.loads(message_bundle_json([p1, tricky], [dumps(p1), dumps(tricky)], sender=SENDER,
+                                               control_id=CID))["entry"][1]["resource"]
+    assert rewritten["subject"]["reference"] == entry_urn("Patient", "p1")
+    # uuid5(namespace, "Type/id") as before: the urns already delivered never change
+    assert entry_urn("Patient", "p1") == "urn:uuid:ba82672d-8bfe-5bab-94bd-4b128a1181e7"
+    assert entry_urn("Encounter", "é-1") == "urn:uuid:0de7f793-411d-5f91-a65c-25df1edcf13d"
+    assert rewritten["note"][0]["text"].startswith('quoted "reference":"Patient/p1"')
+
+
+def test_envelope_text_is_the_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(envelope, "now_iso", lambda: "2026-01-02T03:04:05.678Z")
+    for res, resolved in ((sample_resources(2)[0], 3), ({"resourceType": "Flag", "id": "é\"1"}, 0)):
+        kwargs = {"site": "HSA é", "control_id": 'C"1', "sender": "URGENCE|HSA", "received_at": "2026-01-01T00:00Z"}
+        head = envelope.envelope_head(produced_at="2026-01-02T03:04:05.678Z", **kwargs)
+        assert envelope.envelope_text(head, dumps(res), resolved) == envelope.fhir_envelope(res, resolved=resolved,
+                                                                                           **kwargs)
 
 
 def _reply_for(bundle: dict[str, object], current: list[dict[str, object] | None]) -> dict[str, object]:

@@ -4,30 +4,21 @@ records on the pivot.* topics."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import hl7.client
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from gateway.hl7v2 import parse
 from gateway.samples import er_message
 from tests.e2e_helpers import ack_field, entries, search, wait_for
+from tests.kafka_fixtures import read_topic
 
 pytestmark = pytest.mark.kafka
 
 
 def _topic_values(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=2000)
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        return [json.loads(rec.value) for rec in consumer]
-    finally:
-        consumer.close()
+    return read_topic(bootstrap, topic, timeout_ms=2000)
 
 
 def test_two_instances_on_kafka_share_the_feed(serve_factory: Any, kafka_broker: str, tmp_path: Any,

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from gateway.eventlog.embedded import EmbeddedLog
@@ -32,7 +31,7 @@ from gateway.samples import er_message
 from gateway.settings import Settings
 from gateway.topics import DEADLETTER, FHIR_TYPES
 from tests.conftest import ServeProcess
-from tests.e2e_helpers import FrameReader, ack_field, port_bindable, search, wait_for
+from tests.e2e_helpers import FrameReader, ack_field, port_bindable, search, visit_counts, wait_for
 from tests.fhir_server_fixtures import SekmetServer
 
 TOTAL = 5_000
@@ -224,18 +223,7 @@ def _total(base: str, path: str, **params: str) -> int:
 
 def _visit_counts(fhir_base: str) -> Counter[str]:
     """Encounters per visit number, paging through every Encounter of a FHIR server."""
-    counts: Counter[str] = Counter()
-    url: str | None = f"{fhir_base}/Encounter?_count=1000"
-    while url:
-        resp = httpx.get(url, timeout=30)
-        resp.raise_for_status()
-        page = resp.json()
-        for entry in page.get("entry", []):
-            for ident in entry["resource"].get("identifier", []):
-                if str(ident.get("system", "")).startswith("urn:pivot:visit:"):
-                    counts[ident["value"]] += 1
-        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-    return counts
+    return Counter(visit_counts(fhir_base))
 
 
 @pytest.mark.slow

@@ -14,9 +14,10 @@ import pytest
 
 from gateway.errors import PublishError, StoreError
 from gateway.fhirstore import FhirStore
+from gateway.fhirstore import params as params_table
 from gateway.fhirstore.dates import MAX_MS, date_range, instant_text, period_range, split_prefix
 from gateway.fhirstore.extract import extract, normalise, split_reference
-from gateway.fhirstore.params import SEARCH_PARAMS
+from gateway.fhirstore.params import SEARCH_PARAMS, SearchParam
 from gateway.fhirstore.query import split_escaped
 from tests.test_fhirstore_data import NAM, SAMPLES, condition, encounter, patient
 
@@ -348,6 +349,26 @@ def test_extraction_reads_identifiers_codings_references_and_names() -> None:
     assert split_reference("#contained") is None
     assert normalise("  Marie-Ève CÔTÉ ") == "marie-eve cote"
     assert split_escaped("a\\,b,c\\|d", ",") == ["a,b", "c|d"]
+
+
+def test_extraction_skips_unreadable_values_and_follows_a_params_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    cond = condition(1, "pat-1", "enc-1") | {
+        "onsetDateTime": "not a date", "recordedDate": "2026-03", "subject": None,
+        "code": {"coding": [{"system": "s", "code": "c"}, None, "bare"]},
+        "identifier": [{"system": "s", "value": None}, {"value": "v1"}]}
+    rows = extract(cond)
+    assert {(k, lo, hi) for k, lo, hi in rows.dates} == {("Condition.recorded-date", *date_range("2026-03"))}
+    assert not any(key in ("Condition.patient", "Condition.subject") for key, _t, _i in rows.refs)
+    assert {r for r in rows.tokens if r[0] == "Condition.code"} == {("Condition.code", "s", "c"),
+                                                                   ("Condition.code", "", "bare")}
+    assert {r for r in rows.tokens if r[0] == "Condition.identifier"} == {("Condition.identifier", "", "v1")}
+    pat = patient(1) | {"name": [{"family": None, "given": ["Zoé", 3]}], "address": [{"city": "Magog"}]}
+    assert {r for r in extract(pat).strings if r[0] == "Patient.given"} == {("Patient.given", "zoe", "Zoé")}
+    assert not any(key == "Patient.x-city" for key, _n, _r in extract(pat).strings)
+    # the per-type extraction plan is precompiled: a changed parameter table must still apply
+    monkeypatch.setitem(params_table._BY_TYPE, "Patient",
+                        (*params_table._BY_TYPE["Patient"], SearchParam("x-city", "string", ("address.city",))))
+    assert ("Patient.x-city", "magog", "Magog") in extract(pat).strings
     assert split_escaped("s\\|x|v", "|") == ["s|x", "v"]
 
 

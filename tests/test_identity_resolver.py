@@ -7,6 +7,7 @@ reversals, possible duplicates as Flags; the output is the same when a message i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -430,3 +431,53 @@ def test_the_message_own_encounter_comes_first(resolver: IdentityResolver) -> No
     linked = run(resolver, adt("A04", site="HSJ", mrn="HSJ5", nam=NAM, visit="V9", control_id="2",
                                when="202601030800"))
     assert [e["identifier"][0]["value"] for e in of(linked, "Encounter")] == ["V9", "V3"]
+
+
+# -- cost per message (issue #14) -------------------------------------------------------------------
+class _CountingTx:
+    def __init__(self, tx: Any, seen: list[str]) -> None:
+        self.tx, self.seen = tx, seen
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        self.seen.append(sql)
+        return self.tx.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        self.seen.append(sql)
+        self.tx.executemany(sql, rows)
+
+
+def _statements(resolver: IdentityResolver) -> list[str]:
+    """Every statement the index sends from now on (an ``executemany`` counts once)."""
+    seen: list[str] = []
+    inner = resolver.index.db.transaction
+
+    @contextlib.contextmanager
+    def counting(lock: str | None = None) -> Iterator[Any]:
+        with inner(lock=lock) as tx:
+            yield _CountingTx(tx, seen)
+
+    resolver.index.db.transaction = counting  # type: ignore[method-assign]
+    return seen
+
+
+_WRITES = ("INSERT INTO resource", "INSERT INTO ident", "INSERT INTO person", "UPDATE person", "INSERT INTO cluster")
+
+
+def test_a_new_patient_takes_few_statements_and_a_resend_writes_nothing(resolver: IdentityResolver) -> None:
+    run(resolver, adt("A04", site="HSA", mrn="HSA2", nam=NAM, visit="V1", control_id="1", when="202601010800"))
+    seen = _statements(resolver)
+    raw = adt("A04", site="HLA", mrn="HLA7", family="Roy", visit="V2", control_id="2", when="202601020800")
+    first = run(resolver, raw)
+    assert len(seen) <= 11, seen  # was 16: reads by IN lists, writes sent together, no re-reads
+    assert sum(s.startswith(("INSERT INTO resource", "INSERT INTO ident")) for s in seen) <= 2, seen
+    seen.clear()
+    again = run(resolver, raw)
+    assert [s for s in seen if s.startswith(_WRITES)] == []  # unchanged rows are not written again
+    assert len(seen) <= 9, seen
+    assert json.dumps(first.resources, sort_keys=True) == json.dumps(again.resources, sort_keys=True)
+    seen.clear()
+    later = run(resolver, adt("A08", site="HLA", mrn="HLA7", family="Roy", given="Luc", visit="V2", control_id="3",
+                              when="202601030800"))
+    assert active_patient(later)["name"][0]["given"] == ["Luc"]
+    assert any(s.startswith("INSERT INTO resource") for s in seen)  # a change is written

@@ -8,7 +8,10 @@ the full validator (gateway.fhir.models.validate) does.
 from __future__ import annotations
 
 import copy
+import json
+import random
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -80,3 +83,59 @@ def test_uncached_mode_validates_everything() -> None:
     broken = put(resources[0], ("gender",), "femme")
     with pytest.raises(ValidateError):
         validation.validate_all([broken])
+
+
+def reference_key(resource: dict[str, Any]) -> str:
+    """The cache key as it was first written (the masked resource as JSON text), the yardstick of
+    the one-pass key: two resources may share a key only when they share this one."""
+
+    def mask(node: Any, schema: Any) -> Any:
+        if isinstance(node, list):
+            return [mask(item, schema) for item in node]
+        if isinstance(schema, str):
+            ok = isinstance(node, str) and validation._CHECKS[schema](node)
+            return validation._PLACEHOLDER[schema] if ok else node
+        if isinstance(node, dict) and isinstance(schema, dict):
+            return {k: (mask(v, schema[k]) if k in schema else v) for k, v in node.items()}
+        return node
+
+    return json.dumps(mask(resource, validation._SCHEMA[resource["resourceType"]]), separators=(",", ":"))
+
+
+def random_patient(rnd: random.Random) -> dict[str, Any]:
+    keys = ["identifier", "value", "system", "name", "given", "birthDate", "active", "coding", "code", "x"]
+    leaves: list[Any] = ["", "s", "a b", "a\x0cb", "2026-02-30", "2024-02-29", "1950", None, True, False, 1, 0,
+                         1.0, 0.0, -0.0, "1", "true"]
+
+    def node(depth: int) -> Any:
+        roll = rnd.random()
+        if depth > 2 or roll < 0.5:
+            return rnd.choice(leaves)
+        if roll < 0.7:
+            return [node(depth + 1) for _ in range(rnd.randint(0, 2))]
+        return {rnd.choice(keys): node(depth + 1) for _ in range(rnd.randint(0, 2))}
+
+    return {"resourceType": "Patient", **{rnd.choice(keys): node(0) for _ in range(rnd.randint(1, 3))}}
+
+
+def test_shape_key_never_merges_what_the_masked_json_keeps_apart() -> None:
+    rnd = random.Random(14)
+    seen: dict[Any, str] = {}
+    shared = 0
+    for _ in range(8_000):
+        resource = random_patient(rnd)
+        key, ref = validation.shape_key(resource), reference_key(resource)
+        if key in seen:
+            shared += 1
+            assert seen[key] == ref, resource  # the same key: the same masked resource
+        seen[key] = ref
+    assert shared > 500  # the alphabet is small: shapes repeat, so the check above ran
+
+
+def test_values_json_has_not_are_never_cached() -> None:
+    patient = {"resourceType": "Patient", "id": "p1", "active": True}
+    validation.validate_all([patient])
+    odd = {"resourceType": "Patient", "id": "p1", "active": Decimal(1)}
+    with pytest.raises(TypeError):
+        hash(validation.shape_key(odd))
+    assert validation.shape_key({**patient, "active": 1}) != validation.shape_key(patient)

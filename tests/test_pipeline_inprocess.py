@@ -11,11 +11,15 @@ import jsonschema
 import pytest
 
 from connectors.base import Origin
+from gateway import intake
 from gateway.app import Gateway
 from gateway.deadletters import diagnostics, list_deadletters, print_deadletter, replay
+from gateway.delivery.bundle import message_bundle
 from gateway.drain import wait_drained
+from gateway.eventlog.state import handoff
 from gateway.samples import er_message
 from gateway.settings import load_settings
+from gateway.topics import FHIR_TYPES
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 
@@ -52,11 +56,51 @@ def test_envelopes_and_headers_follow_the_schemas(gateway: Gateway) -> None:
             assert body["resource"]["resourceType"] == rtype
             count += 1
     assert count >= 15
+    _bundles_match_their_resources(gateway, validator(fhir_schema))
     for rec in gateway.log.read_all("pivot.hl7v2.in"):
         validator(_schema("hl7v2-in-headers.schema.json")).validate(rec.headers)
     dead = gateway.log.read_all("pivot.deadletter")
     assert len(dead) == 1
     validator(_schema("deadletter-headers.schema.json")).validate(dead[0].headers)
+
+
+def _bundles_match_their_resources(gateway: Gateway, validator: jsonschema.Draft202012Validator) -> None:
+    """Each message's bundle envelope (built from the resources' text) holds ``message_bundle`` of the
+    resources published for that message."""
+    by_message: dict[str, list[dict[str, object]]] = {}
+    for rtype in FHIR_TYPES:
+        for rec in gateway.log.read_all(f"pivot.fhir.{rtype}"):
+            body = json.loads(rec.value)
+            by_message.setdefault(body["msh10"], []).append(body["resource"])
+    bundles = gateway.log.read_all("pivot.fhir.Bundle")
+    assert len(bundles) == 5
+    for rec in bundles:
+        body = json.loads(rec.value)
+        validator.validate(body)
+        expected = message_bundle(by_message[body["msh10"]], sender=body["sender"], control_id=body["msh10"])
+        assert body["resource"]["id"] == expected["id"]
+        assert sorted(body["resource"]["entry"], key=json.dumps) == sorted(expected["entry"], key=json.dumps)
+
+
+def test_worker_behind_the_intake_never_resolves_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More messages accepted than the handoff keeps in memory before the mapping worker runs (a
+    backfill): the worker still publishes the intake's results, it never maps or resolves again."""
+    monkeypatch.setattr(handoff, "MEMORY_ITEMS", 3)
+    monkeypatch.setattr(intake, "_CACHE_SIZE", 3, raising=False)  # the plain in-memory cache's bound
+    gw = Gateway(load_settings(data_dir=tmp_path / "var"))
+    try:
+        origin = Origin("test", "unit")
+        replies = gw.intake.receive_many([(er_message(i), origin) for i in range(8)])
+        assert [r.code for r in replies] == ["AA"] * 8
+        again: list[bytes] = []
+        run = gw.pipeline.run
+        monkeypatch.setattr(gw.pipeline, "run", lambda raw, *a: again.append(raw) or run(raw, *a))
+        gw.start_workers()
+        assert wait_drained(gw, timeout_s=60)
+        assert again == []
+        assert len(gw.log.read_all("pivot.fhir.Bundle")) == 8
+    finally:
+        gw.close()
 
 
 def test_duplicate_is_acked_again_and_changes_nothing(gateway: Gateway) -> None:

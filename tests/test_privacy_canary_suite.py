@@ -23,7 +23,9 @@ names, NAMs, birth dates and address lines of every Patient and RelatedPerson in
 stores, raw and as JSON or bytes escapes would write them. The test also checks that the canaries
 did flow: in the raw HL7v2 of the event logs and as Patients in the stores of most modules.
 
-Modules: see MODULES; the child run takes about 100 s on two cores. Left out, and why:
+Modules: see MODULES; the child run takes about 100 s on two cores. When this test is selected, the
+tests of MODULES are not run a second time in the session itself (tests/canary_plugin.py): this test
+is where they run, and a failure of any of them fails it, named. Left out, and why:
 
 - test_defisante_kafka.py (≈20 s): Défi Santé over Kafka is the union of test_defisante_serve
   (alerts, CLI) and test_e2e_kafka (two instances on Kafka); its feed is not the canary feed;
@@ -240,13 +242,14 @@ def test_end_to_end_suite_on_canary_people_leaks_nothing_into_logs(tmp_path: Pat
     child = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", f"--basetemp={base}",
          f"--log-file={log_file}", "--log-file-level=DEBUG",
-         "-o", "log_file_format=%(levelname)s %(name)s %(message)s", f"--junitxml={junit}", "-rs", *MODULES],
+         "-o", "log_file_format=%(levelname)s %(name)s %(message)s", f"--junitxml={junit}", "-rfEs", *MODULES],
         cwd=ROOT, env=env, capture_output=True, timeout=840, check=False)
     elapsed = time.monotonic() - started
     out, err = child.stdout.decode(errors="backslashreplace"), child.stderr.decode(errors="backslashreplace")
+    total, failed, skipped = _junit(junit) if junit.exists() else (0, [], [])
+    # the end-to-end tests run here only (tests/canary_plugin.py): a failure of theirs is named
+    assert not failed, f"end-to-end tests failed in the canary run: {failed}\n{out[-6000:]}\n{err[-3000:]}"
     assert child.returncode == 0, f"child run failed:\n{out[-6000:]}\n{err[-3000:]}"
-    total, failed, skipped = _junit(junit)
-    assert not failed, failed
     assert not skipped, f"end-to-end tests skipped in the child run: {skipped}"
     assert total >= 20, out[-2000:]
 
@@ -286,3 +289,17 @@ def _check_flow_and_logs(tmp_path: Path, out: str, err: str, elapsed: float) -> 
     assert len(needles) >= 100, needles  # the people of pivot simulate and of the identity scenario
     leaks = [hit for name, text in [*logs, *_headers(base)] for hit in _hits(name, text, needles)]
     assert not leaks, f"{len(leaks)} leaks (child run {elapsed:.0f} s):\n" + "\n".join(leaks[:40])
+
+
+def test_the_tests_run_here_are_those_of_modules() -> None:
+    """tests/canary_plugin.py deselects from the session exactly the tests MODULES names (run here)."""
+    from tests.canary_plugin import rerun_by_canary
+
+    modules = ("tests/test_a.py", "tests/test_b.py::test_one")
+    assert rerun_by_canary("tests/test_a.py::test_x", modules)
+    assert rerun_by_canary("tests/test_a.py::TestC::test_x[p]", modules)
+    assert rerun_by_canary("tests/test_b.py::test_one", modules)
+    assert rerun_by_canary("tests/test_b.py::test_one[p1]", modules)
+    assert not rerun_by_canary("tests/test_b.py::test_one_more", modules)
+    assert not rerun_by_canary("tests/test_b.py::test_two", modules)
+    assert not rerun_by_canary("tests/test_ab.py::test_x", modules)

@@ -84,6 +84,34 @@ def test_handoff_survives_a_worker_killed_after_taking(state_url: str, tmp_path:
         assert oct((data / "handoff.sqlite").stat().st_mode & 0o777) == oct(0o600)
 
 
+def test_spill_handoff_keeps_every_result_with_bounded_memory(tmp_path: Path) -> None:
+    """One process, the intake ahead of the worker: results beyond the memory bound go to the spill
+    file (none dropped); what a previous run spilled and no worker took is found after a restart."""
+    cache = handoff_mod.SpillMapCache(tmp_path, memory_items=2)
+    try:
+        for i in range(6):
+            cache.put(f"APP|FAC|c{i}", _result(f"c{i}"))
+        cache.put("APP|FAC|c5", _result("c5-again"))  # the newest content wins
+        assert cache.spilled == 5
+        assert len(cache._memory) == 2
+        assert cache.pop("APP|FAC|c4") == _result("c4")  # from the file
+        assert cache.pop("APP|FAC|c0") == _result("c0")  # from memory
+        assert cache.pop("APP|FAC|c0") is None
+        assert cache.pop("APP|FAC|c5") == _result("c5-again")
+    finally:
+        cache.close()
+    restarted = handoff_mod.SpillMapCache(tmp_path, memory_items=2)
+    try:
+        assert restarted.pop("APP|FAC|c3") == _result("c3")
+        assert restarted.pop("APP|FAC|c1") is None  # it was in the first run's memory only
+    finally:
+        restarted.close()
+    assert oct((tmp_path / "handoff.sqlite").stat().st_mode & 0o777) == oct(0o600)
+    assert not (tmp_path / "none").exists()
+    handoff_mod.SpillMapCache(tmp_path / "none").close()  # nothing spilled: no file
+    assert not (tmp_path / "none" / "handoff.sqlite").exists()
+
+
 def test_ledger_claims_once_under_two_threads(state_url: str, tmp_path: Path) -> None:
     """Two instances (two connections) claim the same 60 alerts at the same moment, each for its own
     message: every alert is raised by exactly one; a claim again by the same message still raises it."""

@@ -21,6 +21,14 @@ from gateway.settings import Settings
 
 log = logging.getLogger("pivot.workers")
 _BACKOFF_MAX_S = 5.0
+# After a small batch a worker waits GATHER_S before polling again, so a steady trickle (200 msg/s
+# from the sites) is handled in batches of ~10 messages: one fsync'd commit of the log or the store
+# per batch instead of one per message. Those commits hold the event log's write lock, which every
+# ACK's append needs (the MLLP listener appends to the same file): measured with the site bench
+# (python-hl7, 4 connections, 200 msg/s), AA p50 ~17 → ~8 ms. The pipeline's latency grows by at
+# most GATHER_S (ER arrival → alert readable stays far below its 1 s goal).
+GATHER_S = 0.05
+GATHER_BELOW = 100
 WORKER_NICE = 10
 
 
@@ -94,6 +102,8 @@ class Worker(threading.Thread):
             self._retry(self.handle, records)
             consumer.commit()
             self.processed += len(records)
+            if len(records) < GATHER_BELOW:  # a trickle: let a batch gather (one commit, not one per message)
+                self._stop_event.wait(GATHER_S)
 
     def _retry(self, action: Callable[[list[Record]], None], records: list[Record]) -> None:
         delay = 0.1

@@ -4,6 +4,12 @@ For each parameter of the resource's type, the values at its paths become rows o
 table: tokens ``(system, code)``, references ``(target type, target id)``, dates ``(lo, hi)`` in
 epoch milliseconds, strings ``(normalised, raw)``. Values that cannot be read (a malformed date,
 a reference that is not ``Type/id``) are not indexed; they never fail the write.
+
+This runs on every changed resource the store sink writes, so each type's parameters are
+precompiled once into a plan (split paths, the index table of each; rebuilt if that type's entry
+of the params table is replaced) and the values most often repeated — references, names, date
+texts — are converted through small LRU caches. ``extract`` gives the same rows as a plain
+``walk`` of every path through ``tokens_of``/``strings_of``/``date_range``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
 from gateway.fhirstore.dates import date_range, period_range
 from gateway.fhirstore.params import SearchParam, indexed_params
@@ -101,29 +108,125 @@ def _dates_of(value: Any) -> Iterator[tuple[int, int]]:
         return
 
 
-def _add(rows: IndexRows, key: str, param: SearchParam, value: Any) -> None:
-    if param.type == "token":
-        rows.tokens.update((key, system, code) for system, code in tokens_of(value))
-    elif param.type == "reference":
-        ref = value.get("reference") if isinstance(value, dict) else None
-        target = split_reference(ref) if isinstance(ref, str) else None
-        if target is not None and (not param.targets or target[0] in param.targets):
-            rows.refs.add((key, target[0], target[1]))
-    elif param.type == "date":
-        rows.dates.update((key, lo, hi) for lo, hi in _dates_of(value))
+_Kind = Literal["tokens", "refs", "dates", "strings"]
+_KIND_OF: dict[str, _Kind] = {"token": "tokens", "reference": "refs", "date": "dates", "string": "strings"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One parameter of a type, precompiled: its index table, key, split paths and reference targets."""
+
+    kind: _Kind
+    key: str
+    paths: tuple[tuple[str, ...], ...]
+    targets: frozenset[str]
+
+
+_PLANS: dict[str, tuple[tuple[SearchParam, ...], tuple[_Step, ...]]] = {}
+
+
+def _plan(rtype: str) -> tuple[_Step, ...]:
+    """The precompiled parameters of ``rtype``, rebuilt when its entry of the params table changes."""
+    params = indexed_params(rtype)
+    cached = _PLANS.get(rtype)
+    if cached is not None and cached[0] is params:
+        return cached[1]
+    steps = tuple(_Step(_KIND_OF[p.type], param_key(rtype, p.name), tuple(tuple(x.split(".")) for x in p.paths),
+                        frozenset(p.targets)) for p in params)
+    _PLANS[rtype] = (params, steps)
+    return steps
+
+
+def _values(resource: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
+    """``walk`` on a split path, as a list (the extraction's inner loop)."""
+    value = resource.get(path[0])
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    for step in path[1:]:
+        nxt: list[Any] = []
+        for item in items:
+            if isinstance(item, dict) and step in item:
+                got = item[step]
+                if isinstance(got, list):
+                    nxt.extend(got)
+                else:
+                    nxt.append(got)
+        items = nxt
+    return items
+
+
+@lru_cache(maxsize=8192)
+def _target(reference: str) -> tuple[str, str] | None:
+    return split_reference(reference)
+
+
+@lru_cache(maxsize=8192)
+def _string_row(text: str) -> tuple[str, str]:
+    return normalise(text), text
+
+
+@lru_cache(maxsize=8192)
+def _date_row(text: str) -> tuple[int, int] | None:
+    try:
+        return date_range(text)
+    except ValueError:
+        return None
+
+
+def _add_token(out: set[tuple[str, str, str]], key: str, value: Any) -> None:
+    """``tokens_of`` without the generators (the same rows)."""
+    if isinstance(value, dict):
+        coding = value.get("coding")
+        if isinstance(coding, list):
+            for item in coding:
+                _add_token(out, key, item)
+            return
+        code = value.get("code")
+        if not isinstance(code, str):
+            code = value.get("value")
+        if isinstance(code, str):
+            out.add((key, str(value.get("system") or ""), code))
+    elif isinstance(value, bool):
+        out.add((key, "", "true" if value else "false"))
+    elif isinstance(value, str):
+        out.add((key, "", value))
+
+
+def _add(rows: IndexRows, step: _Step, values: list[Any]) -> None:
+    key, kind = step.key, step.kind
+    if kind == "tokens":
+        for value in values:
+            _add_token(rows.tokens, key, value)
+    elif kind == "refs":
+        for value in values:
+            ref = value.get("reference") if isinstance(value, dict) else None
+            target = _target(ref) if isinstance(ref, str) else None
+            if target is not None and (not step.targets or target[0] in step.targets):
+                rows.refs.add((key, target[0], target[1]))
+    elif kind == "dates":
+        for value in values:
+            span = _date_row(value) if isinstance(value, str) else None
+            if span is not None:
+                rows.dates.add((key, *span))
+            elif not isinstance(value, str):
+                rows.dates.update((key, lo, hi) for lo, hi in _dates_of(value))
     else:
-        rows.strings.update((key, normalise(text), text) for text in strings_of(value))
+        for value in values:
+            if isinstance(value, str):
+                rows.strings.add((key, *_string_row(value)))
+            else:
+                rows.strings.update((key, *_string_row(text)) for text in strings_of(value))
 
 
 def extract(resource: dict[str, Any]) -> IndexRows:
     """Every index row of ``resource`` (its type's parameters, see ``params``)."""
-    rtype = str(resource.get("resourceType"))
     rows = IndexRows()
-    for param in indexed_params(rtype):
-        key = param_key(rtype, param.name)
-        for path in param.paths:
-            for value in walk(resource, path):
-                _add(rows, key, param, value)
+    for step in _plan(str(resource.get("resourceType"))):
+        for path in step.paths:
+            values = _values(resource, path)
+            if values:
+                _add(rows, step, values)
     return rows
 
 

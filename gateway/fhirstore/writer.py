@@ -308,7 +308,7 @@ class Writer:
         for rk, (_p, stored) in last.items():
             extracted = extract(stored)
             for kind, _sql in _INDEX_SQL:
-                index[kind].extend((rk, *row) for row in getattr(extracted, kind))
+                index[kind].extend([(rk, *row) for row in getattr(extracted, kind)])
         for kind, sql in _INDEX_SQL:
             if index[kind]:
                 self.conn.executemany(sql, index[kind])

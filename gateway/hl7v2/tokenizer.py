@@ -170,11 +170,13 @@ class Rep:
 
     def get(self, comp: int = 1, sub: int = 1) -> str:
         """Component ``comp``, subcomponent ``sub`` (1-based), unescaped; '' when absent."""
-        comps = self.comps
-        if comp < 1 or comp > len(comps):
-            return ""
-        subs = comps[comp - 1]
-        return subs[sub - 1] if 0 < sub <= len(subs) else ""
+        comps = self._comps
+        if comps is None:
+            comps = self.comps
+        if 0 < comp <= len(comps):
+            subs = comps[comp - 1]
+            return subs[sub - 1] if 0 < sub <= len(subs) else ""
+        return ""
 
     def component(self, comp: int) -> str:
         """The whole component (subcomponents joined back with the subcomponent separator), unescaped."""
@@ -245,8 +247,15 @@ class Segment:
 
     def get(self, n: int, comp: int = 1, sub: int = 1, rep: int = 1) -> str:
         """Field n, repetition ``rep``, component ``comp``, subcomponent ``sub``; unescaped, '' if absent."""
-        reps = self.reps(n)
-        return reps[rep - 1].get(comp, sub) if 0 < rep <= len(reps) else ""
+        split = self._split  # reps() and Rep.get inlined: the mapping's hottest call
+        if split is None:
+            split = self._split_all()
+        i = n - self._offset
+        if n > 0 and 0 <= i < len(split):
+            reps = split[i]
+            if 0 < rep <= len(reps):
+                return reps[rep - 1].get(comp, sub)
+        return ""
 
     def __repr__(self) -> str:
         return f"<Segment {self.id} #{self.index + 1} {self.size} fields>"

@@ -24,16 +24,24 @@ _OWN_FIELDS = ("id", "identifier", "active", "link")
 
 
 def references(node: Any) -> Iterator[JSON]:
-    """Every Reference object (a dict with a string ``reference``) inside a resource."""
+    """Every Reference object (a dict with a string ``reference``) inside a resource, in document order."""
+    found: list[JSON] = []
+    _collect(node, found)
+    return iter(found)
+
+
+def _collect(node: Any, found: list[JSON]) -> None:
+    """``references`` without a generator per level (it runs on every resource of every message)."""
     if isinstance(node, dict):
         if isinstance(node.get("reference"), str):
-            yield node
+            found.append(node)
         for value in node.values():
             if isinstance(value, dict | list):
-                yield from references(value)
+                _collect(value, found)
     elif isinstance(node, list):
         for item in node:
-            yield from references(item)
+            if isinstance(item, dict | list):
+                _collect(item, found)
 
 
 def clone(node: Any) -> Any:
@@ -67,10 +75,22 @@ def rewrite(resource: JSON, mapping: dict[str, str]) -> JSON:
     return out
 
 
-def patient_refs(resource: JSON) -> list[str]:
-    """Ids of the Patients a resource refers to, in order."""
-    return [ref["reference"].split("/", 1)[1] for ref in references(resource)
-            if ref["reference"].startswith("Patient/")]
+def first_patient_ref(node: Any) -> str | None:
+    """Id of the first Patient a resource refers to (None when none), without walking past it: the
+    owner of a resource is usually its ``subject``/``patient``, near the top."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref.startswith("Patient/"):
+            return ref.split("/", 1)[1]
+        items: Any = node.values()
+    elif isinstance(node, list):
+        items = node
+    else:
+        return None
+    for value in items:
+        if isinstance(value, dict | list) and (found := first_patient_ref(value)) is not None:
+            return found
+    return None
 
 
 def person_patient(base: JSON, person: str, identifiers: list[JSON], retired: list[str]) -> JSON:

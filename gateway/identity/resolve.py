@@ -311,11 +311,11 @@ class Resolution:
         cancels as reversals, merged element by element onto the stored version (survivorship.py);
         dropped when older than what was applied and changing nothing (README.md, "Survivorship")."""
         res = bodies.rewrite(mapped, self.refs)
-        owners = bodies.patient_refs(res)
-        if not owners:
+        owner = bodies.first_patient_ref(res)
+        if owner is None:
             self.main[(res["resourceType"], res["id"])] = res
             return
-        person = self.ix.final(owners[0])
+        person = self.ix.final(owner)
         rtype = res["resourceType"]
         whole = False
         if rtype == "Encounter" and self.trigger in CANCELS:

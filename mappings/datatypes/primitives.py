@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from gateway.errors import Location, MapError
@@ -32,6 +33,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
 def value(text: str) -> str:
     """A component's value with the HL7 null ``""`` read as absent, surrounding blanks removed,
     odd whitespace (NBSP, form feed…) read as a space and control characters dropped."""
+    if not text:  # most components asked for are absent
+        return text
     if not text.isprintable():
         text = _CONTROL.sub("", _ODD_SPACE.sub(" ", text))
     text = text.strip()
@@ -115,13 +118,25 @@ def has_time(text: str) -> bool:
     return bool(m and m["h"])
 
 
+@lru_cache(maxsize=1024)
+def convert(text: str, zone: ZoneInfo, kind: str = "dateTime") -> str:
+    """One DTM value as ``kind`` (date, dateTime, instant); raises BadTimestamp. Memoized (a pure
+    function of its arguments, a str result): a message repeats its timestamps (EVN, PV1-44, MSH-7…)."""
+    if kind == "date":
+        return to_date(text)
+    if kind == "instant":
+        return to_instant(text, zone)
+    return to_datetime(text, zone)
+
+
+def unreadable(exc: BadTimestamp, where: Location) -> MapError:
+    """The MapError 102 of a DTM that cannot be read, at ``where``."""
+    return MapError(f"unreadable date/time ({exc})", hl7_code="102", location=where)
+
+
 def dtm(text: str, zone: ZoneInfo, where: Location, kind: str = "dateTime") -> str:
     """Convert one DTM field value to ``kind`` (date, dateTime, instant): MapError 102 at ``where``."""
     try:
-        if kind == "date":
-            return to_date(text)
-        if kind == "instant":
-            return to_instant(text, zone)
-        return to_datetime(text, zone)
+        return convert(text, zone, kind)
     except BadTimestamp as exc:
-        raise MapError(f"unreadable date/time ({exc})", hl7_code="102", location=where) from None
+        raise unreadable(exc, where) from None

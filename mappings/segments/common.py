@@ -10,7 +10,7 @@ from gateway.errors import Location, MapWarning
 from gateway.hl7v2.tokenizer import Message, Segment
 from mappings.config import IdentifierSystems
 from mappings.datatypes.coded import cwe_to_codeable_concept
-from mappings.datatypes.primitives import dtm, value
+from mappings.datatypes.primitives import BadTimestamp, convert, unreadable, value
 
 JSON = dict[str, Any]
 
@@ -37,7 +37,12 @@ class Env:
         """Field ``field`` (component 1: DTM, or TS-1 in v2.3–2.5) converted; '' when empty.
         MapError 102 naming the field when it cannot be read."""
         text = value(seg.get(field, 1))
-        return dtm(text, self.zone, self.where(seg, field), kind) if text else ""
+        if not text:
+            return ""
+        try:
+            return convert(text, self.zone, kind)
+        except BadTimestamp as exc:  # the location only when it is needed
+            raise unreadable(exc, self.where(seg, field)) from None
 
 
 def cwe(seg: Segment, field: int, default_system: str = "") -> JSON | None:

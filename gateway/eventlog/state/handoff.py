@@ -2,7 +2,8 @@
 
 The intake maps and resolves each message before acknowledging it; the mapping worker must publish
 exactly that result and never resolve the same message a second time (gateway.intake). In one
-process on the embedded defaults a small in-memory cache (``MapCache``) carries it. When the MLLP
+process on the embedded defaults memory carries it, spilling to the handoff file when the intake
+runs far ahead of the worker (``SpillMapCache``). When the MLLP
 listener runs in a process of its own (gateway.listener), or whenever ``PIVOT_STATE_URL`` is set
 (the record may be taken by another instance's mapping worker), the result goes through the
 ``handoff`` table instead (``handoff.sqlite`` under PIVOT_DATA_DIR, or PostgreSQL): written before
@@ -91,6 +92,58 @@ class SharedMapCache(MapCache):
 
     def close(self) -> None:
         self.db.close()
+
+
+MEMORY_ITEMS = 2_048
+"""Results :class:`SpillMapCache` keeps in memory (≤ ~70 KB each: ≤ ~140 MB); beyond, the spill file."""
+
+
+class SpillMapCache(MapCache):
+    """The handoff of one process (embedded defaults, mapping worker in the intake's process).
+
+    Up to :data:`MEMORY_ITEMS` results in memory; when the intake runs further ahead of the mapping
+    worker (a backfill ingested faster than it is mapped, a worker started later), the next results
+    go to ``handoff.sqlite`` under the data dir (a :class:`SharedMapCache`, same rules) instead of
+    evicting older ones: the worker finds every result, memory stays bounded whatever the backlog.
+    The file holds the backlog only (~12 KB of JSON per ER message; taken rows are pruned
+    TAKEN_KEEP_S later); results a previous run spilled and no worker took are found too."""
+
+    def __init__(self, data_dir: Path, memory_items: int | None = None) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.memory_items = MEMORY_ITEMS if memory_items is None else memory_items
+        self._memory: dict[str, MapResult] = {}
+        self._memory_lock = threading.Lock()
+        self._spill: SharedMapCache | None = None
+        self._spill_lock = threading.Lock()
+        self.spilled = 0  # results written to the file by this process
+        if (data_dir / FILE_NAME).exists():
+            self._spill_cache()
+
+    def put(self, key: str, result: MapResult) -> None:
+        with self._memory_lock:
+            if key in self._memory or len(self._memory) < self.memory_items:
+                self._memory[key] = result
+                return
+        self._spill_cache().put(key, result)
+        self.spilled += 1
+
+    def pop(self, key: str) -> MapResult | None:
+        with self._memory_lock:
+            result = self._memory.pop(key, None)
+        spill = self._spill
+        return result if result is not None or spill is None else spill.pop(key)
+
+    def _spill_cache(self) -> SharedMapCache:
+        with self._spill_lock:
+            if self._spill is None:
+                self._spill = SharedMapCache(open_state("", self.data_dir, FILE_NAME, SCHEMA))
+            return self._spill
+
+    def close(self) -> None:
+        with self._spill_lock:
+            if self._spill is not None:
+                self._spill.close()
 
 
 def open_handoff(state_url: str, data_dir: Path | None) -> SharedMapCache:

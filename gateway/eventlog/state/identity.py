@@ -40,53 +40,18 @@ import functools
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.eventlog.state.db import Row, StateDb, Tx, open_state
+from gateway.eventlog.state.identity_rows import Pair, Person, Seen, Stored, dump, pairs_of
 
 JSON = dict[str, Any]
 FILE_NAME = "identity.sqlite"
 SCHEMA = "identity"
 LOCK = "identity"
 _TABLES = ("person", "ident", "resource", "cluster", "dup", "journal", "provenance")
-
-
-@dataclass(frozen=True, slots=True)
-class Person:
-    """A person row: ``survivor`` None while active."""
-
-    id: str
-    key: str
-    nam: str | None
-    survivor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """The last published version of a resource that belongs to ``person``."""
-
-    rtype: str
-    id: str
-    person: str
-    event_ms: int
-    body: JSON
-    times: dict[str, int] | None = None  # per element; None: keep what is stored (a re-publication)
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """A possible-duplicate pair (``id`` is the Flag id)."""
-
-    id: str
-    a: str
-    b: str
-    active: bool
-
-
-def _dump(body: JSON) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+__all__ = ["FILE_NAME", "LOCK", "SCHEMA", "IdentityIndex", "Pair", "Person", "Stored", "open_index"]
 
 
 def _upgrade_0_3(db: StateDb) -> None:
@@ -112,17 +77,6 @@ def open_index(data_dir: Path | None, state_url: str = "") -> IdentityIndex:
     return IdentityIndex(db)
 
 
-@dataclass(slots=True)
-class _Seen:
-    """Rows this transaction read or wrote, as stored (JSON as text: every read decodes a fresh
-    copy). Valid while the lock is held, so nobody else writes them; dropped at the end."""
-
-    persons: dict[str, Person | None] = field(default_factory=dict)
-    keys: dict[str, str | None] = field(default_factory=dict)  # identity key → person
-    idents: dict[str, dict[str, tuple[bool, str]]] = field(default_factory=dict)  # person → all of its rows
-    resources: dict[tuple[str, str], tuple[str, int, str, str | None] | None] = field(default_factory=dict)
-
-
 _CHUNK = 200  # placeholders per IN list
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -144,12 +98,13 @@ def _atomic(method: Callable[Concatenate[IdentityIndex, _P], _R]) -> Callable[Co
 class IdentityIndex:
     """Typed access to the index tables (see module docstring) over one :class:`StateDb`.
     Thread-safe: a call outside :meth:`transaction` is a transaction of its own. Inside one, rows
-    already read are not read again (one round trip each on PostgreSQL)."""
+    already read are not read again (one round trip each on PostgreSQL), unchanged rows are not
+    written, and writes go with the next statement (:meth:`_write`), in order, before the commit."""
 
     def __init__(self, db: StateDb) -> None:
         self.db = db
         self._tx: Tx | None = None
-        self._seen = _Seen()
+        self._seen = Seen()
         self._owner: int | None = None  # the thread inside transaction() (it holds the lock)
 
     @contextlib.contextmanager
@@ -159,17 +114,40 @@ class IdentityIndex:
             yield self
             return
         with self.db.transaction(lock=LOCK) as tx:
-            self._tx, self._seen, self._owner = tx, _Seen(), threading.get_ident()
+            self._tx, self._seen, self._owner = tx, Seen(), threading.get_ident()
             try:
                 yield self
+                self._flush()
             finally:
                 self._owner, self._tx = None, None
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        """One statement of the current transaction (an :func:`_atomic` method's)."""
+        """One statement of the current transaction (an :func:`_atomic` method's), after the
+        writes :meth:`_write` held back (statements run in the order they were asked for)."""
         assert self._tx is not None
         assert self._owner == threading.get_ident()
+        if self._seen.pending:
+            self._flush()
         return self._tx.execute(sql, params)
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        """A write without result, sent with the next statement: consecutive writes of the same
+        statement go as one ``executemany`` (one call; one round trip on PostgreSQL)."""
+        self._seen.pending.append((sql, params))
+
+    def _flush(self) -> None:
+        assert self._tx is not None
+        pending, self._seen.pending = self._seen.pending, []
+        at = 0
+        while at < len(pending):
+            sql, end = pending[at][0], at + 1
+            while end < len(pending) and pending[end][0] == sql:
+                end += 1
+            if end - at == 1:
+                self._tx.execute(sql, pending[at][1])
+            else:
+                self._tx.executemany(sql, [params for _sql, params in pending[at:end]])
+            at = end
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self._rows(sql, params)
@@ -183,7 +161,7 @@ class IdentityIndex:
         """Empty every table (before a rebuild)."""
         for table in _TABLES:
             self._rows(f"DELETE FROM {table}")  # noqa: S608 (fixed table names)
-        self._seen = _Seen()
+        self._seen = Seen()
 
     # -- persons ---------------------------------------------------------------------------------
     @_atomic
@@ -207,11 +185,17 @@ class IdentityIndex:
 
     @_atomic
     def add_person(self, pid: str, key: str, nam: str | None, survivor: str | None = None) -> None:
-        """A new person (nothing when ``pid`` exists)."""
-        if self.person(pid) is None:
-            self._rows("INSERT INTO person(id, key, nam, survivor) VALUES (?,?,?,?) ON CONFLICT (id) DO NOTHING",
-                       (pid, key, nam, survivor))
-            self._seen.persons[pid] = Person(pid, key, nam, survivor)
+        """A new person (nothing when ``pid`` exists): one statement either way when not read yet."""
+        seen = self._seen
+        if seen.persons.get(pid) is not None:
+            return
+        if not self._rows("INSERT INTO person(id, key, nam, survivor) VALUES (?,?,?,?) ON CONFLICT (id) DO NOTHING "
+                          "RETURNING id", (pid, key, nam, survivor)):
+            seen.persons.pop(pid, None)  # it existed: read it when asked
+            return
+        # new: nothing can belong to it yet (rows name persons that exist; only clear() deletes persons)
+        seen.persons[pid] = Person(pid, key, nam, survivor)
+        seen.idents[pid], seen.owned[pid], seen.members[pid] = {}, set(), None
 
     @_atomic
     def retire(self, pid: str, survivor: str) -> None:
@@ -235,8 +219,12 @@ class IdentityIndex:
         for at in range(0, len(missing), _CHUNK):
             part = missing[at:at + _CHUNK]
             marks = ",".join("?" * len(part))
-            found = {str(k): str(p) for k, p in self._rows(
-                f"SELECT key, person FROM ident WHERE is_key = 1 AND key IN ({marks})", part)}  # noqa: S608
+            found: dict[str, str] = {}
+            sql = ("SELECT i.key, i.person, p.key, p.nam, p.survivor FROM ident i JOIN person p "  # noqa: S608
+                   f"ON p.id = i.person WHERE i.is_key = 1 AND i.key IN ({marks})")
+            for k, pid, pkey, nam, survivor in self._rows(sql, part):  # the persons too: read next anyway
+                found[str(k)] = str(pid)
+                self._seen.persons.setdefault(str(pid), Person(str(pid), pkey, nam, survivor))
             known.update({k: found.get(k) for k in part})
         return {k: p for k in keys if (p := known[k]) is not None}
 
@@ -263,18 +251,22 @@ class IdentityIndex:
 
     @_atomic
     def put_identifier(self, person: str, key: str, is_key: bool, body: JSON) -> None:
-        """Add or rewrite one identifier of ``person`` (once a key, it stays a key)."""
-        text = _dump(body)
-        self._rows(
+        """Add or rewrite one identifier of ``person`` (once a key, it stays a key); no write when
+        the stored row is the same."""
+        text = dump(body)
+        rows = self._seen.idents.get(person)
+        old = rows.get(key) if rows is not None else None
+        row = (is_key or (old is not None and old[0]), text)
+        if is_key:
+            self._seen.keys[key] = person
+        if old == row:
+            return
+        self._write(
             "INSERT INTO ident(person, key, is_key, body) VALUES (?,?,?,?) ON CONFLICT (person, key) DO UPDATE "
             "SET is_key = CASE WHEN excluded.is_key > ident.is_key THEN excluded.is_key ELSE ident.is_key END, "
             "body = excluded.body", (person, key, int(is_key), text))
-        rows = self._seen.idents.get(person)
         if rows is not None:
-            old = rows.get(key)
-            rows[key] = (is_key or (old is not None and old[0]), text)
-        if is_key:
-            self._seen.keys[key] = person
+            rows[key] = row
 
     @_atomic
     def move_identifiers(self, src: str, dst: str) -> None:
@@ -311,48 +303,68 @@ class IdentityIndex:
             return None
         return Stored(rtype, rid, row[0], row[1], json.loads(row[2]), json.loads(row[3]) if row[3] else {})
 
+    def _owned(self, person: str) -> list[tuple[str, str]]:
+        """(type, id) of every resource row of ``person``, sorted: read once per transaction (with
+        the rows), then kept current by :meth:`put_resource`."""
+        keys = self._seen.owned.get(person)
+        if keys is None:
+            known, keys = self._seen.resources, set()
+            for t, i, ms, b, times in self._rows("SELECT rtype, id, event_ms, body, times FROM resource "
+                                                 "WHERE person = ?", (person,)):
+                key = (str(t), str(i))
+                keys.add(key)
+                known.setdefault(key, (person, int(ms), str(b), times))
+            self._seen.owned[person] = keys
+        return sorted(keys)
+
     @_atomic
     def resources_of(self, person: str, rtype: str | None = None) -> list[Stored]:
-        """The person's resources (of one type), by type and id. Sorted here, not in SQL: an
-        ``ORDER BY id`` lets SQLite prefer the primary key and scan every row of the type."""
-        if rtype is None:
-            rows = self._rows("SELECT rtype, id, event_ms, body FROM resource WHERE person = ?", (person,))
-        else:
-            rows = self._rows("SELECT rtype, id, event_ms, body FROM resource WHERE person = ? AND rtype = ?",
-                              (person, rtype))
-        found = sorted((str(t), str(i), int(ms), str(b)) for t, i, ms, b in rows)
-        return [Stored(t, i, person, ms, json.loads(b)) for t, i, ms, b in found]
+        """The person's resources (of one type), by type and id (sorted here, never in SQL)."""
+        out = []
+        for key in self._owned(person):
+            row = self._seen.resources.get(key)
+            if row is not None and (rtype is None or key[0] == rtype):
+                out.append(Stored(key[0], key[1], person, row[1], json.loads(row[2])))
+        return out
 
     @_atomic
     def record_ids(self, person: str) -> list[str]:
         """Ids of the Patient records that belong to ``person`` (itself and the retired ones)."""
-        rows = self._rows("SELECT id FROM resource WHERE person = ? AND rtype = 'Patient'", (person,))
-        return sorted(str(r[0]) for r in rows)
+        return [rid for rtype, rid in self._owned(person) if rtype == "Patient"]
 
     @_atomic
     def put_resource(self, stored: Stored) -> None:
-        """Write ``stored``; its element times too, unless ``times`` is None (kept as stored)."""
-        times = None if stored.times is None else json.dumps(stored.times, separators=(",", ":"))
-        body = _dump(stored.body)
-        self._rows(
+        """Write ``stored``; its element times too, unless ``times`` is None (kept as stored). No
+        write when the stored row is the same."""
+        key, seen = (stored.rtype, stored.id), self._seen
+        if key not in seen.resources:
+            self.preload([key])  # its owner and times (every caller has read it already)
+        old = seen.resources[key]
+        times = json.dumps(stored.times, separators=(",", ":")) if stored.times is not None else None
+        kept = times if times is not None or old is None else old[3]
+        row = (stored.person, stored.event_ms, dump(stored.body), kept)
+        if row == old:
+            return
+        self._write(
             "INSERT INTO resource(rtype, id, person, event_ms, body, times) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT (rtype, id) DO UPDATE SET person = excluded.person, event_ms = excluded.event_ms, "
             "body = excluded.body, times = coalesce(excluded.times, resource.times)",
-            (stored.rtype, stored.id, stored.person, stored.event_ms, body, times))
-        key, known = (stored.rtype, stored.id), self._seen.resources
-        if times is None and key not in known:
-            return  # the stored times are not known here: read again when asked
-        if times is None:
-            old = known[key]
-            times = old[3] if old is not None else None
-        known[key] = (stored.person, stored.event_ms, body, times)
+            (stored.rtype, stored.id, stored.person, stored.event_ms, row[2], times))
+        seen.resources[key] = row
+        if old is not None and old[0] != stored.person and old[0] in seen.owned:
+            seen.owned[old[0]].discard(key)
+        if stored.person in seen.owned:
+            seen.owned[stored.person].add(key)
 
     # -- demographic keys and possible duplicates ------------------------------------------------
     @_atomic
     def member(self, person: str) -> tuple[str, bool, bool] | None:
         """(digest, has a NAM, Flag open) of a cluster member, None when in no cluster."""
-        row = self._one("SELECT digest, nam, flagged FROM cluster WHERE person = ?", (person,))
-        return None if row is None else (str(row[0]), bool(row[1]), bool(row[2]))
+        members = self._seen.members
+        if person not in members:
+            row = self._one("SELECT digest, nam, flagged FROM cluster WHERE person = ?", (person,))
+            members[person] = None if row is None else (str(row[0]), bool(row[1]), bool(row[2]))
+        return members[person]
 
     @_atomic
     def join(self, person: str, digest: str, nam: bool) -> None:
@@ -363,14 +375,22 @@ class IdentityIndex:
             "VALUES (?,?,?,0,(SELECT coalesce(max(seq), 0) + 1 FROM cluster)) ON CONFLICT (person) DO UPDATE "
             "SET nam = excluded.nam, flagged = CASE WHEN cluster.digest = excluded.digest THEN cluster.flagged "
             "ELSE 0 END, digest = excluded.digest", (person, digest, int(nam)))
+        members = self._seen.members
+        if person in members:
+            old = members[person]
+            members[person] = (digest, nam, old is not None and old[0] == digest and old[2])
 
     @_atomic
     def leave(self, person: str) -> None:
         self._rows("DELETE FROM cluster WHERE person = ?", (person,))
+        self._seen.members[person] = None
 
     @_atomic
     def set_flagged(self, person: str, flagged: bool) -> None:
         self._rows("UPDATE cluster SET flagged = ? WHERE person = ?", (int(flagged), person))
+        old = self._seen.members.get(person)
+        if old is not None:
+            self._seen.members[person] = (old[0], old[1], flagged)
 
     @_atomic
     def partner(self, digest: str, person: str, *, without_nam: bool) -> str | None:
@@ -393,11 +413,11 @@ class IdentityIndex:
     @_atomic
     def flags_naming(self, person: str) -> list[Pair]:
         """Open possible-duplicate Flags whose other record is ``person``."""
-        return _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE b = ? AND active = 1", (person,)))
+        return pairs_of(self._rows("SELECT id, a, b, active FROM dup WHERE b = ? AND active = 1", (person,)))
 
     @_atomic
     def pair(self, pair_id: str) -> Pair | None:
-        found = _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE id = ?", (pair_id,)))
+        found = pairs_of(self._rows("SELECT id, a, b, active FROM dup WHERE id = ?", (pair_id,)))
         return found[0] if found else None
 
     @_atomic
@@ -408,7 +428,8 @@ class IdentityIndex:
 
     @_atomic
     def pairs(self, *, include_resolved: bool = False) -> list[Pair]:
-        return _pairs(self._rows("SELECT id, a, b, active FROM dup WHERE active >= ?", (0 if include_resolved else 1,)))
+        rows = self._rows("SELECT id, a, b, active FROM dup WHERE active >= ?", (0 if include_resolved else 1,))
+        return pairs_of(rows)
 
     # -- the resolution clock (migrations/identity/0004) --------------------------------------------
     @_atomic
@@ -445,6 +466,3 @@ class IdentityIndex:
         self._rows("INSERT INTO journal(message, rtype, id) VALUES (?,?,?) ON CONFLICT (message, rtype, id) DO NOTHING",
                    (message, rtype, rid))
 
-
-def _pairs(rows: list[Row]) -> list[Pair]:
-    return sorted((Pair(str(i), str(a), str(b), bool(act)) for i, a, b, act in rows), key=lambda p: p.id)
