@@ -95,15 +95,16 @@ class Pipeline:
         check_required(msg, profile.relax)
         return profile
 
-    def resolve(self, msg: Message, profile: Profile, received_at: datetime) -> Outcome:
+    def resolve(self, msg: Message, profile: Profile, received_at: datetime, *, identify: bool = True) -> Outcome:
         """Map + validate a message ``require`` accepted (its structure is not checked again), then
-        resolve identities. A refusal is the Outcome's error and stage; only PublishError (the shared state
-        unavailable: nothing about the message) is raised."""
+        resolve identities (unless ``identify`` is False). A refusal is the Outcome's error and stage; only
+        PublishError (the shared state unavailable: nothing about the message) is raised."""
         mapped = self._map(msg, profile, received_at)
         if isinstance(mapped, Outcome):
             return mapped
         warnings, mapped.warnings = mapped.warnings, []
-        return self._identify(msg, mapped, warnings)
+        return self._identify(msg, mapped, warnings) if identify else Outcome(msg=msg, result=mapped,
+                                                                              warnings=warnings)
 
     def _map(self, msg: Message, profile: Profile, received_at: datetime) -> MapResult | Outcome:
         """Map + validate: the result, or the refusal as an Outcome (stage MAP)."""
@@ -123,8 +124,9 @@ class Pipeline:
         except GatewayError as exc:
             return Outcome(msg=msg, warnings=warnings, error=exc, stage=IDENTITY)
 
-    def run(self, raw: bytes, received_at: datetime | None = None) -> Outcome:
-        """Every step on ``raw`` (``received_at``: informative, now when not given)."""
+    def run(self, raw: bytes, received_at: datetime | None = None, *, identify: bool = True) -> Outcome:
+        """Every step on ``raw`` (``received_at``: informative, now when not given; ``identify``: False
+        stops after map + validate)."""
         try:
             msg = self.decode(raw)
         except ParseError as exc:
@@ -135,35 +137,15 @@ class Pipeline:
             profile = self.require(msg)
         except GatewayError as exc:
             return Outcome(msg=msg, error=exc, stage=STRUCTURE)
-        return self.resolve(msg, profile, received_at or datetime.now(UTC))
+        return self.resolve(msg, profile, received_at or datetime.now(UTC), identify=identify)
 
     # -- the pure steps ahead (a worker process), then the rest in the intake --------------------------
     def ahead(self, raw: bytes) -> Ahead:
-        """decode → supported → structure → map + validate of ``raw``, received now; never raises
-        for the message (its refusal is the Ahead's error). Needs no identity resolver."""
-        out = Ahead(received_at=now_iso())
-        head = msh_head(raw)
-        try:
-            msg = parse(raw, self.profiles.for_message(head).charset if head is not None else None)
-        except GatewayError as exc:
-            out.error, out.stage = exc, DECODE
-            return out
-        try:
-            check_supported(msg)
-        except GatewayError as exc:
-            out.error, out.stage = exc, SUPPORTED
-            return out
-        try:
-            profile = self.require(msg)
-        except GatewayError as exc:
-            out.error, out.stage = exc, STRUCTURE
-            return out
-        mapped = self._map(msg, profile, received(out.received_at))
-        if isinstance(mapped, Outcome):
-            out.error, out.stage = mapped.error, MAP
-        else:
-            out.result, out.warnings, mapped.warnings = mapped, mapped.warnings, []
-        return out
+        """decode → supported → structure → map + validate of ``raw``, received now (``run`` without
+        identity); never raises for the message (its refusal is the Ahead's error)."""
+        received_at = now_iso()
+        outcome = self.run(raw, received(received_at), identify=False)
+        return Ahead(received_at, outcome.result, outcome.warnings, outcome.error, outcome.stage)
 
     def required(self, ahead: Ahead, msg: Message) -> Profile:
         """``require`` of a message whose pure steps ran ahead: its profile, or its StructureError raised."""
