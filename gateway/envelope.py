@@ -22,18 +22,9 @@ def fhir_envelope(resource: dict[str, Any], *, site: str, control_id: str, sende
                   received_at: str, resolved: int = 0) -> bytes:
     """The value of a ``fhir.<Type>`` record. ``resolved``: the identity resolution's rank (MapResult.resolved),
     0 for what no resolution produced (alerts, operations)."""
-    body: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "source_site": site,
-        "sender": sender,
-        "msh10": control_id,
-        "received_at": received_at,
-        "produced_at": now_iso(),
-        "resource": resource,
-    }
-    if resolved:
-        body["resolved"] = resolved
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    head = envelope_head(site=site, control_id=control_id, sender=sender, received_at=received_at,
+                         produced_at=now_iso())
+    return envelope_text(head, dumps(resource), resolved)
 
 
 def dumps(value: Any) -> str:

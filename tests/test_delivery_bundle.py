@@ -121,8 +121,13 @@ def test_envelope_text_is_the_envelope(monkeypatch: pytest.MonkeyPatch) -> None:
     for res, resolved in ((sample_resources(2)[0], 3), ({"resourceType": "Flag", "id": "é\"1"}, 0)):
         kwargs = {"site": "HSA é", "control_id": 'C"1', "sender": "URGENCE|HSA", "received_at": "2026-01-01T00:00Z"}
         head = envelope.envelope_head(produced_at="2026-01-02T03:04:05.678Z", **kwargs)
-        assert envelope.envelope_text(head, dumps(res), resolved) == envelope.fhir_envelope(res, resolved=resolved,
-                                                                                           **kwargs)
+        body = {"schema_version": envelope.SCHEMA_VERSION, "source_site": kwargs["site"], "sender": kwargs["sender"],
+                "msh10": kwargs["control_id"], "received_at": kwargs["received_at"],
+                "produced_at": "2026-01-02T03:04:05.678Z", "resource": res,
+                **({"resolved": resolved} if resolved else {})}
+        expected = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")  # the envelope's JSON
+        assert envelope.envelope_text(head, dumps(res), resolved) == expected
+        assert envelope.fhir_envelope(res, resolved=resolved, **kwargs) == expected
 
 
 def _reply_for(bundle: dict[str, object], current: list[dict[str, object] | None]) -> dict[str, object]:
