@@ -24,6 +24,7 @@ import sqlite3
 import stat
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import PublishError
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS offsets (
   grp TEXT NOT NULL, topic TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (grp, topic));
 """
 _RECHECK_S = 0.2
+_ONE_STATEMENT_ROWS = 6_000  # x 5 parameters: under SQLite's 32,766 bound parameters per statement
 _FETCH_ARM = "SELECT * FROM (SELECT seq FROM records WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?)"
 _Pending = tuple[list[OutRecord], threading.Event, list[BaseException]]
 
@@ -58,11 +60,36 @@ def begin_immediate(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries: behind another
     process's 5 ms transaction an ACK would wait ~20 ms. The connection's busy timeout is 0; this
     loop does the waiting."""
+    _retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), timeout_s)
+
+
+def _insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Append ``rows`` in one transaction, holding the write lock as briefly as possible.
+
+    Up to :data:`_ONE_STATEMENT_ROWS` rows are one multi-row INSERT run in autocommit: the write lock
+    is taken, the rows written and the transaction committed (the fsync) inside ONE call into SQLite,
+    which runs without the GIL. With ``BEGIN`` / ``INSERT`` / ``COMMIT`` as three calls, the lock was
+    also held while this thread waited for the GIL between them — behind a busy worker thread of the
+    same process, 5 ms (the interpreter's switch interval) or more each time, while the other
+    process's ACKs waited for the lock. Larger batches (a bulk ingest) use an explicit transaction."""
+    if len(rows) > _ONE_STATEMENT_ROWS:
+        begin_immediate(conn)
+        conn.executemany("INSERT INTO records(topic, key, value, headers, ts) VALUES (?,?,?,?,?)", rows)
+        conn.execute("COMMIT")
+        return
+    sql = "INSERT INTO records(topic, key, value, headers, ts) VALUES " + ",".join(["(?,?,?,?,?)"] * len(rows))  # noqa: S608
+    params = [value for row in rows for value in row]
+    _retry_busy(lambda: conn.execute(sql, params))
+
+
+def _retry_busy(run: Callable[[], object], timeout_s: float = 30.0) -> None:
+    """``run`` (one autocommit statement on a connection whose busy timeout is 0), tried again in
+    steps of at most 2 ms while another connection holds the write lock (see :func:`begin_immediate`)."""
     deadline = time.monotonic() + timeout_s
     delay = 0.0002
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            run()
             return
         except sqlite3.OperationalError as exc:
             text = str(exc)
@@ -162,14 +189,12 @@ class EmbeddedLog:
                 rows.append((r.topic, r.key, r.value, json.dumps(r.headers), now))
         error: BaseException | None = None
         try:
-            begin_immediate(self._conn)
-            self._conn.executemany(
-                "INSERT INTO records(topic, key, value, headers, ts) VALUES (?,?,?,?,?)", rows)
-            self._conn.execute("COMMIT")
+            _insert_records(self._conn, rows)
         except sqlite3.Error as exc:
             error = exc
             with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
         for item in batch:
             _records, done, slot = item
             if error is not None:
@@ -319,12 +344,12 @@ class EmbeddedConsumer:
         changed = [(t, s) for t, s in self._positions.items() if self._committed.get(t) != s]
         if not changed:
             return
-        self._conn.execute("BEGIN IMMEDIATE")
-        self._conn.executemany(
-            "INSERT INTO offsets(grp, topic, seq) VALUES (?,?,?) "
-            "ON CONFLICT(grp, topic) DO UPDATE SET seq=excluded.seq",
-            [(self._group, t, s) for t, s in changed])
-        self._conn.execute("COMMIT")
+        # one autocommit statement: the write lock is held inside one call into SQLite only
+        # (see _insert_records); the busy timeout of this connection waits for the lock
+        self._conn.execute(
+            "INSERT INTO offsets(grp, topic, seq) VALUES " + ",".join(["(?,?,?)"] * len(changed))  # noqa: S608
+            + " ON CONFLICT(grp, topic) DO UPDATE SET seq=excluded.seq",
+            [value for t, s in changed for value in (self._group, t, s)])
         self._committed.update(changed)
 
     def close(self) -> None:
