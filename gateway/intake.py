@@ -149,8 +149,7 @@ class Intake:
             return [Reply(code="AR", acks=[build_ack("AR", msg=None, raw=raw, error=exc)],
                           control_id=reply.control_id, error=exc.describe(), transient=True)
                     for (raw, _origin), reply in zip(items, replies, strict=True)]
-        for sender, control_id in accepted:
-            self.dedupe.add(sender, control_id)
+        self.dedupe.add_many(list(accepted))  # one transaction for the batch
         return replies
 
     def _append(self, record: OutRecord) -> None:

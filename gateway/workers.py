@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from gateway.delivery.bundle import BUNDLE_TOPIC, bundle_id, message_bundle_json
-from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_text, now_iso
+from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_resource, envelope_text, now_iso
 from gateway.errors import GatewayError, PublishError, StoreError
 from gateway.eventlog.base import EventLog, OutRecord, Record
+from gateway.eventlog.state.handoff import take
 from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
 from gateway.fhirstore import FhirStore
 from gateway.intake import MapCache
@@ -47,6 +48,8 @@ class MappingWorker(Worker):
     none unless given."""
 
     group = "mapper"
+    append_records = 256
+    """Records per append (~20 messages, ~500 KB): each write transaction short (see handle)."""
 
     def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, pipeline: Pipeline,
                  cache: MapCache, hooks: Sequence[RuleHook]) -> None:
@@ -54,19 +57,38 @@ class MappingWorker(Worker):
         self.pipeline = pipeline
         self.cache = cache
         self.hooks: list[RuleHook] = list(hooks)
+        self._topics: dict[str, str] = {}
+        self._taken: dict[str, tuple[MapResult, list[str] | None]] = {}  # this batch's results, until published
+        self._batch: list[Record] | None = None
 
     def handle(self, records: list[Record]) -> None:
+        """Map a batch; its records are appended every :attr:`append_records` (not once at the end:
+        a batch of 500 messages is ~6,500 records, ~12 MB, ~0.5 s holding the event log's write lock
+        while the intake's appends, the ACKs, wait). The batch is committed after the last append; a
+        failed append raises PublishError and Worker._retry hands the same batch again, which reuses
+        the results it took (``_taken``: the handoff's are gone, none is resolved a second time) and
+        appends the earlier parts again (the sinks are idempotent: nothing changes)."""
+        if records is not self._batch:  # not Worker._retry giving the same batch again
+            self._taken, self._batch = {}, records
         out: list[OutRecord] = []
         for rec in records:
             out.extend(self._one(rec))
+            if len(out) >= self.append_records:
+                self.log.append_many(out)
+                out = []
         self.log.append_many(out)
+        self._taken, self._batch = {}, None  # published: no retry of this batch
 
     def _one(self, rec: Record) -> list[OutRecord]:
         sender = rec.headers.get("sender", "")
         control_id = rec.headers.get("msh10", "")
         received_at = rec.headers.get("received_at", "")
-        try:
-            result = self.cache.pop(f"{sender}|{control_id}") or self._resolve(rec, received_at)
+        key = f"{sender}|{control_id}"
+        try:  # a batch retried after a failed append finds what it took or resolved: never resolved again
+            result, texts = self._taken.get(key) or take(self.cache, key)
+            if result is None:
+                result, texts = self._resolve(rec, received_at), None
+            self._taken[key] = (result, texts)
         except PublishError:  # the shared state is down: the batch is retried (Worker._retry), nothing dead-lettered
             raise
         except GatewayError as exc:
@@ -79,27 +101,37 @@ class MappingWorker(Worker):
         self.metrics.inc("pivot_mapped_total", help_text="messages mapped and published", sender=sender)
         for seg in result.unmapped_segments:
             self.metrics.inc("pivot_unmapped_segments_total", help_text="segments not mapped", segment=seg)
-        out = self._records(result, site, sender, control_id, received_at)
+        if texts is None or len(texts) != len(result.resources):
+            texts = [dumps(res) for res in result.resources]
+        out = self._records(result, texts, site, sender, control_id, received_at)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))
         return out
 
-    def _records(self, result: MapResult, site: str, sender: str, control_id: str,
+    def _records(self, result: MapResult, texts: list[str], site: str, sender: str, control_id: str,
                  received_at: str) -> list[OutRecord]:
         """One ``fhir.<Type>`` envelope per resource, then the whole message as one transaction Bundle
-        keyed by patient (what the delivery sink sends): each resource serialised once for both."""
-        texts = [dumps(res) for res in result.resources]
+        keyed by patient (what the delivery sink sends): each resource's text (``texts``, its
+        ``dumps``) serialised once for both, or not at all when the handoff carried it."""
         head = envelope_head(site=site, control_id=control_id, sender=sender, received_at=received_at,
                              produced_at=now_iso())
-        out = [OutRecord(topic=self.settings.topic(fhir_topic(res["resourceType"])), key=str(res["id"]).encode(),
-                         value=envelope_text(head, text, result.resolved),
-                         headers={"msh10": control_id, "sender": sender})
+        headers = {"msh10": control_id, "sender": sender}  # one dict for the message's records (read only)
+        topic = self._topic
+        out = [OutRecord(topic=topic(res["resourceType"]), key=str(res["id"]).encode(),
+                         value=envelope_text(head, text, result.resolved), headers=headers)
                for res, text in zip(result.resources, texts, strict=True)]
         bundle = message_bundle_json(result.resources, texts, sender=sender, control_id=control_id)
         out.append(OutRecord(topic=self.settings.topic(BUNDLE_TOPIC),
                              key=(result.patient_id or bundle_id(sender, control_id)).encode(),
-                             value=envelope_text(head, bundle), headers={"msh10": control_id, "sender": sender}))
+                             value=envelope_text(head, bundle), headers=headers))
         return out
+
+    def _topic(self, resource_type: str) -> str:
+        """The full ``fhir.<Type>`` topic name (computed once per type)."""
+        name = self._topics.get(resource_type)
+        if name is None:
+            name = self._topics[resource_type] = self.settings.topic(fhir_topic(resource_type))
+        return name
 
     def _resolve(self, rec: Record, received_at: str) -> MapResult:
         outcome = self.pipeline.run(rec.value, received(received_at))
@@ -140,28 +172,41 @@ class StoreSink(Worker):
         return f"{base}-{self.instance_id}" if self.instance_id else base
 
     def handle(self, records: list[Record]) -> None:
-        items: list[tuple[Record, dict[str, Any], int]] = []  # record, resource, its resolution's rank
+        items: list[tuple[Record, str, int]] = []  # record, its resource's JSON text, its resolution's rank
         for rec in records:
             try:
-                envelope = json.loads(rec.value.decode())  # our envelopes are UTF-8: no detection
-                items.append((rec, envelope["resource"], int(envelope.get("resolved") or 0)))
+                items.append((rec, *_resource_of(rec.value)))
             except (ValueError, KeyError, TypeError, AttributeError):
                 self._dead(rec, StoreError("unreadable fhir envelope"))
         if not items:
             return
         try:  # a copy older than the stored one (another partition's message mapped later) changes nothing
-            results = self.store.upsert_many([res for _rec, res, _rank in items], [rank for *_, rank in items])
+            results = self.store.upsert_texts([text for _rec, text, _rank in items], [rank for *_, rank in items])
         except StoreError:  # one bad resource: write the others one by one, dead-letter the bad one
             results = []
-            for rec, res, rank in items:
+            for rec, text, rank in items:
                 try:
-                    results.extend(self.store.upsert_many([res], [rank]))
+                    results.extend(self._write_one(rec, text, rank))
                 except StoreError as exc:
                     self._dead(rec, exc)
-        changed = sum(1 for _res, was_changed in results if was_changed)
+        changed = sum(results)
         self.metrics.inc("pivot_store_writes_total", changed, help_text="resources written",
                          changed="true")
         self.metrics.inc("pivot_store_writes_total", len(results) - changed, changed="false")
+
+    def _write_one(self, rec: Record, text: str, rank: int) -> list[bool]:
+        """One record's resource; refused as sliced out of its envelope, the envelope parsed whole (a
+        producer that put a key after the resource: ``envelope_resource`` cannot tell)."""
+        try:
+            return self.store.upsert_texts([text], [rank])
+        except StoreError:
+            try:
+                parsed = _parsed_resource(rec.value)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise StoreError("unreadable fhir envelope") from None
+            if parsed[0] == text:
+                raise
+            return self.store.upsert_texts([parsed[0]], [parsed[1]])
 
     def _dead(self, rec: Record, exc: GatewayError) -> None:
         log.error("store sink: refused record %s error=%s", rec.ref, exc.code)
@@ -170,3 +215,19 @@ class StoreSink(Worker):
                                      transport="eventlog", source_ref=rec.ref)
         self.log.append(OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=rec.key,
                                   headers=headers))
+
+
+def _resource_of(envelope_value: bytes) -> tuple[str, int]:
+    """A ``fhir.*`` envelope's resource JSON text and rank: sliced out of the mapping worker's layout
+    (``envelope_resource``: the resource is not parsed here), parsed for any other (UTF-8 always)."""
+    got = envelope_resource(envelope_value)
+    return got if got is not None else _parsed_resource(envelope_value)
+
+
+def _parsed_resource(envelope_value: bytes) -> tuple[str, int]:
+    """:func:`_resource_of` by parsing the whole envelope."""
+    envelope = json.loads(envelope_value.decode())
+    resource = envelope["resource"]
+    if not isinstance(resource, dict):
+        raise TypeError("resource is not an object")
+    return dumps(resource), int(envelope.get("resolved") or 0)

@@ -19,6 +19,13 @@ Encounter.status) and on each primitive value matching its FHIR type. So:
    and timestamps repeat);
 3. a miss runs the full ``validate`` on the real resource and remembers its key on success.
 
+Before the masked key, the resource types that repeat verbatim from message to message (the
+Practitioners, Organizations and Locations of a site: ``_VERBATIM_TYPES``) are looked up by their
+exact value: ``marshal`` bytes (C speed; equal bytes load back to equal values of the same exact
+types, so equal bytes mean the same resource), with ``meta`` left out when it is only a
+``source`` that passes the uri check (masked, as in the key above: it changes with each message).
+A hit is a resource already known valid; a miss only costs the marshal call.
+
 Errors always come from the full validator (a failing value is never masked, so it misses). The
 cache only decides whether to re-run a validation whose outcome is already known: it never changes
 the resources. ``validate_all(…, cached=False)`` validates every resource in full.
@@ -26,6 +33,7 @@ the resources. ``validate_all(…, cached=False)`` validates every resource in f
 
 from __future__ import annotations
 
+import marshal
 import re
 from collections.abc import Callable
 from datetime import date
@@ -37,6 +45,8 @@ JSON = dict[str, Any]
 _CACHE_MAX = 8192
 _SEEN_MAX = 4096  # per primitive kind: values already checked (system URIs, codes, timestamps repeat)
 _validated: set[tuple[Any, ...]] = set()
+_VERBATIM_TYPES = frozenset({"Practitioner", "Organization", "Location"})
+_verbatim: set[bytes] = set()
 
 # -- primitive checks (each at least as strict as fhir_core's) --------------------------------------
 _STRING = re.compile(r"[ \r\n\t\S]+").fullmatch
@@ -234,17 +244,43 @@ def shape_key(resource: JSON) -> tuple[Any, ...] | None:
     return tuple(out)
 
 
+def verbatim_key(resource: JSON) -> bytes | None:
+    """The exact value of a resource of ``_VERBATIM_TYPES`` (meta.source masked, see module doc);
+    None for another type, another ``meta`` or a value marshal cannot write."""
+    if resource.get("resourceType") not in _VERBATIM_TYPES:
+        return None
+    meta = resource.get("meta")
+    body = resource
+    if meta is not None:
+        if meta.__class__ is not dict or len(meta) != 1 or _MASKERS["uri"](meta.get("source")) != "u":
+            return None
+        body = {k: v for k, v in resource.items() if k != "meta"}
+    try:
+        return marshal.dumps((meta is not None, body), 2)  # version 2: no references, stabler bytes
+    except ValueError:  # a type marshal has not (a Decimal, a subclass…): no verbatim cache
+        return None
+
+
+def _remember(cache: set[Any], key: Any) -> None:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache.add(key)
+
+
 def validate_all(resources: list[JSON], *, cached: bool = True) -> None:
     """Validate every resource (ValidateError names the resource type and paths, never values)."""
     for res in resources:
+        exact = verbatim_key(res) if cached else None
+        if exact is not None and exact in _verbatim:
+            continue
         key = shape_key(res) if cached else None
         try:
-            if key is not None and key in _validated:
-                continue
+            known = key is not None and key in _validated
         except TypeError:  # a value JSON has not (a set, a Decimal…) made the key unhashable: no cache
-            key = None
-        validate(res)
-        if key is not None:
-            if len(_validated) >= _CACHE_MAX:
-                _validated.clear()
-            _validated.add(key)
+            key, known = None, False
+        if not known:
+            validate(res)
+            if key is not None:
+                _remember(_validated, key)
+        if exact is not None:
+            _remember(_verbatim, exact)

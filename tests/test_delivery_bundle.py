@@ -101,8 +101,10 @@ def test_bundle_text_is_the_bundle_serialised() -> None:
               "performer": [{"reference": "Practitioner/elsewhere"}, {"reference": "Patient/old"}],
               "extension": [{"url": "u", "valueReference": {"reference": "Patient/p1"}}]}
     p1 = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:a,b", "value": "x|y"}]}
+    prefix = {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p10"},  # not p1
+              "focus": [{"reference": "Patient/p1"}, {"reference": "Patient/p1/_history/2"}]}
     cases: list[list[dict[str, Any]]] = [sample_resources(3), sample_resources(11, site="HDL"),
-                                         [p1, retired, tricky, p1], []]
+                                         [p1, retired, tricky, p1], [prefix, p1], []]
     for resources in cases:
         texts = [dumps(res) for res in resources]
         expected = dumps(message_bundle(resources, sender=SENDER, control_id=CID))

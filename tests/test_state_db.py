@@ -88,6 +88,37 @@ def test_the_lock_serialises_connections(engine: str, tmp_path: Path, request: p
     second.close()
 
 
+def test_a_read_does_not_wait_for_a_writer(engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``read`` (the intake's resend check, on the ACK path) never waits behind another connection's
+    open write transaction: it sees the last committed state (on SQLite it took the write lock before)."""
+    first = _open(engine, tmp_path, request)
+    migrate(first, "selftest", _KNOWN)
+    second = PostgresDb(first.url) if isinstance(first, PostgresDb) else SqliteDb(tmp_path / "state.sqlite")
+    writing, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with second.transaction(lock="counter") as tx:
+            tx.execute("UPDATE counter SET n = 7 WHERE id = 'c'")
+            writing.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=hold)
+    writer.start()
+    try:
+        assert writing.wait(30)
+        done: list[object] = []
+        reader = threading.Thread(target=lambda: done.append(first.read("SELECT n FROM counter WHERE id = 'c'")))
+        reader.start()
+        reader.join(5)
+        assert done == [[(0,)]]  # answered while the writer still holds its transaction open
+    finally:
+        release.set()
+        writer.join(30)
+    assert first.read("SELECT n FROM counter WHERE id = 'c'") == [(7,)]
+    first.close()
+    second.close()
+
+
 def test_postgres_down_is_unavailable_not_a_crash(pg_server: object) -> None:
     with pytest.raises(StateUnavailable, match="PIVOT_STATE_URL"):
         PostgresDb("postgresql://pivot@127.0.0.1:1/nothing")

@@ -37,6 +37,7 @@ BUNDLE_TOPIC = "fhir.Bundle"
 
 _NAMESPACE = uuid.UUID("6f1f6a52-6f1c-5b4e-9a51-8d0c1e4f7a10")  # fixed: urn:uuids never change
 _NAMESPACE_BYTES = _NAMESPACE.bytes
+_string = json.encoder.encode_basestring  # the JSON text of a str
 
 
 @functools.lru_cache(maxsize=16_384)  # shared resources (Organization, Practitioner, Location) recur
@@ -142,7 +143,7 @@ def message_bundle_json(resources: list[JSON], texts: list[str], *, sender: str,
         body = _REFERENCE.sub(rewrite, text) if '"reference":"' in text else text
         url = key if is_retired_patient(res) else identifier_url(res) or key
         entries.append(f'{{"fullUrl":"{urns[key]}","resource":{body},"request":{{"method":"PUT","url":'
-                       f'{json.encoder.encode_basestring(url)}}}}}')
+                       f'{_string(url)}}}}}')
     return (f'{{"resourceType":"Bundle","id":"{bundle_id(sender, control_id)}","type":"transaction",'
             f'"entry":[{",".join(entries)}]}}')
 

@@ -3,6 +3,7 @@
     store.py         FhirStore: versioned resources, history, reads, one-transaction writes,
                      listeners called after each committed write (add_listener)
     writer.py        Writer: put / delete / conditional look-ups inside one transaction
+    content.py       what is compared and stored of a resource: checked type/id, digest, body text
     params.py        search parameters as data (drives the index, the search, the CapabilityStatement)
     extract.py       index rows extracted from a resource on write
     query.py         request parameters → checked query (SQL clauses, result options, page tokens)

@@ -4,7 +4,7 @@ Tables: ``resources`` (one row per logical resource: current version, time, dele
 digest), ``versions`` (every version's JSON, the history), and four index tables (``idx_token``,
 ``idx_ref``, ``idx_date``, ``idx_string``) filled on write from the search-parameter table in
 :mod:`gateway.fhirstore.params`; when that table changes, the index is rebuilt on open, and when
-the content digest's scheme changes (``writer.DIGEST_SCHEME``), the digests are recomputed on open.
+the content digest's scheme changes (``content.DIGEST_SCHEME``), the digests are recomputed on open.
 
 Threads: writes go through one connection under a lock, one ``BEGIN IMMEDIATE`` transaction per
 call (a whole ``upsert_many`` batch, a whole FHIR transaction); readers (FastAPI's worker threads)
@@ -34,16 +34,17 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import PublishError, StoreError
 from gateway.eventlog.embedded import private_dir
 from gateway.fhirstore import params as _params
+from gateway.fhirstore.content import DIGEST_SCHEME
 from gateway.fhirstore.query import Params, Query, parse_history, parse_search
 from gateway.fhirstore.search import Entry, Page, history, read_current, search
-from gateway.fhirstore.writer import DIGEST_SCHEME, Outcome, Writer, check_id, check_type
+from gateway.fhirstore.writer import Outcome, Writer, check_id, check_type
 
 log = logging.getLogger("pivot.fhirstore")
 
@@ -235,14 +236,23 @@ class FhirStore:
         A database failure (disk full, locked too long) raises PublishError, which the store sink
         retries; a resource without a supported type or a valid id raises StoreError.
         """
+        return [(o.resource or {}, o.changed) for o in self._put_many(resources, ranks, copies=True)]
+
+    def upsert_texts(self, texts: list[str], ranks: list[int] | None = None) -> list[bool]:
+        """:meth:`upsert_many` of resources given as their compact JSON text (a ``fhir.*`` envelope's,
+        the store sink's path): changed? per resource. A copy whose digest is the stored one is not
+        parsed at all (``content.prepare_text``); invalid JSON raises StoreError."""
+        return [o.changed for o in self._put_many(texts, ranks, copies=False)]
+
+    def _put_many(self, resources: Sequence[dict[str, Any] | str], ranks: list[int] | None, *,
+                  copies: bool) -> list[Outcome]:
         if not resources:
             return []
         try:
             with self.writing() as writer:
-                outcomes = writer.put_many(resources, ranks)
+                return writer.put_many(resources, ranks, copies=copies)
         except sqlite3.Error as exc:
             raise PublishError(f"FHIR store write failed ({type(exc).__name__})") from exc
-        return [(o.resource or {}, o.changed) for o in outcomes]
 
     def update(self, resource: dict[str, Any], *, if_match: int | None = None) -> Outcome:
         with self.writing() as writer:

@@ -12,36 +12,31 @@ transaction has committed (see ``FhirStore.add_listener``).
 resource in order, in a number of statements that does not grow with the batch — one SELECT of the
 batch's current rows, then ``executemany`` for resource rows, versions and index rows. An unchanged
 resource costs its digest only; a resource changed twice in one batch gets both versions and is
-indexed once (its last version). Each resource is serialised once: the canonical text of its
-body (all but resourceType, id and meta) gives both the digest and the stored text (:func:`_texts`).
+indexed once (its last version). Each resource is serialised once: its body text (all but
+resourceType, id and meta) gives both the digest and the stored text; a resource handed as JSON
+text is parsed only when it changed (:mod:`gateway.fhirstore.content`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import StoreError
+from gateway.fhirstore.content import Prepared, body_text, content_of, digest, prepare, prepare_text, same_content
+from gateway.fhirstore.content import check_id as check_id  # re-exported (the store's modules import them here)
+from gateway.fhirstore.content import check_type as check_type
 from gateway.fhirstore.dates import instant_text
 from gateway.fhirstore.extract import extract
-from gateway.fhirstore.params import RESULT_PARAMS, supported
+from gateway.fhirstore.params import RESULT_PARAMS
 from gateway.fhirstore.query import Params, parse_search
 from gateway.fhirstore.search import search
 
-ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 Status = Literal["created", "updated", "unchanged", "deleted"]
-_VOLATILE_META = ("versionId", "lastUpdated")
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_HEAD = ("resourceType", "id", "meta")
-DIGEST_SCHEME = "2"
-"""How ``resources.hash`` is computed (store_meta ``digest``): a store written under another scheme is
-rehashed once on open (``FhirStore``), so its unchanged resources keep comparing equal."""
 _IN_CHUNK = 500  # ids per "IN (...)" look-up (SQLite's variable limit is far above)
 _INDEX_SQL = (
     ("tokens", "INSERT INTO idx_token(rk, param, system, code) VALUES (?,?,?,?)"),
@@ -83,81 +78,6 @@ class _Current:
     lu_ms: int
     deleted: bool
     digest: bytes
-
-
-def check_type(rtype: str) -> None:
-    if not supported(rtype):
-        raise StoreError("resource type not supported by this server", status=405, issue_code="not-supported")
-
-
-def check_id(rid: Any) -> str:
-    if not isinstance(rid, str) or ID_RE.fullmatch(rid) is None:
-        raise StoreError("invalid resource id", status=400, issue_code="value")
-    return rid
-
-
-def content_of(resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource without the server-managed ``meta.versionId``/``meta.lastUpdated``."""
-    meta = resource.get("meta")
-    if not isinstance(meta, dict) or not any(k in meta for k in _VOLATILE_META):
-        return resource
-    rest = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
-    out = {k: v for k, v in resource.items() if k != "meta"}
-    if rest:
-        out["meta"] = rest
-    return out
-
-
-def _texts(content: dict[str, Any]) -> tuple[str, str]:
-    """Canonical JSON of ``content`` without resourceType, id and meta (its body), and of its meta
-    without ``meta.source`` ("" when nothing is left): what the digest and the stored text are made of."""
-    base = _CANONICAL.encode({k: v for k, v in content.items() if k not in _HEAD})
-    meta = content.get("meta")
-    if isinstance(meta, dict):
-        kept = {k: v for k, v in meta.items() if k != "source"}
-        return base, _CANONICAL.encode(kept) if kept else ""
-    return base, _CANONICAL.encode(meta) if "meta" in content else ""
-
-
-def _digest(base: str, meta: str) -> bytes:
-    return hashlib.blake2b(f"{base}\n{meta}".encode(), digest_size=16).digest()
-
-
-def digest(content: dict[str, Any]) -> bytes:
-    """Change-detection digest (scheme :data:`DIGEST_SCHEME`): ``meta.source`` (which names the message
-    that carried the resource) is left out, so a shared Organization or Location resent by every
-    message gets no new version."""
-    return _digest(*_texts(content))
-
-
-def _body(stored: dict[str, Any], base: str) -> str:
-    """The JSON text of ``stored`` (a stamped resource) from its body's canonical text: resourceType,
-    id and meta first, the rest in canonical (sorted) order — no second serialisation."""
-    head = (f'{{"resourceType":{_CANONICAL.encode(stored["resourceType"])},"id":{_CANONICAL.encode(stored["id"])},'
-            f'"meta":{_CANONICAL.encode(stored["meta"])}')
-    return head + ("}" if base == "{}" else "," + base[1:])
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """One resource to write: checked, its volatile meta removed, digested, its body serialised."""
-
-    rtype: str
-    rid: str
-    content: dict[str, Any]
-    digest: bytes
-    base: str  # canonical JSON of the content without resourceType, id and meta
-
-
-def _prepare(resource: dict[str, Any]) -> _Prepared:
-    rtype = resource.get("resourceType")
-    if not isinstance(rtype, str):
-        raise StoreError("resource without resourceType", status=400, issue_code="structure")
-    check_type(rtype)
-    rid = check_id(resource.get("id"))
-    content = content_of(resource)
-    base, meta = _texts(content)
-    return _Prepared(rtype, rid, content, _digest(base, meta), base)
 
 
 class Writer:
@@ -204,11 +124,11 @@ class Writer:
 
     def put(self, resource: dict[str, Any], *, if_match: int | None = None, method: str = "PUT") -> Outcome:
         """Create or update (version-aware, idempotent) one resource that has resourceType and id."""
-        p = _prepare(resource)
+        p = prepare(resource)
         rtype, rid, content, new_digest = p.rtype, p.rid, p.content, p.digest
         cur = self._current(rtype, rid)
         self._check_match(cur, if_match)
-        if cur is not None and not cur.deleted and cur.digest == new_digest:
+        if cur is not None and self._same(cur, p, {} if cur.digest == p.digest else self._bodies({cur.rk})):
             unchanged = self._stamp(content, cur.version, cur.lu_ms)
             return Outcome(rtype, rid, cur.version, cur.lu_ms, "unchanged", unchanged)
         version = 1 if cur is None else cur.version + 1
@@ -225,45 +145,51 @@ class Writer:
                               (version, lu_ms, new_digest, rk))
             self._unindex(rk)
         self.conn.execute("INSERT INTO versions(rk, rtype, version, lu_ms, method, body) VALUES (?,?,?,?,?,?)",
-                          (rk, rtype, version, lu_ms, method, _body(stored, p.base)))
+                          (rk, rtype, version, lu_ms, method, body_text(stored, p.base)))
         self.index(rk, stored)
         status: Status = "created" if cur is None or cur.deleted else "updated"
         outcome = Outcome(rtype, rid, version, lu_ms, status, stored)
         self.changes.append(outcome)
         return outcome
 
-    def put_many(self, resources: list[dict[str, Any]], ranks: list[int] | None = None) -> list[Outcome]:
+    def put_many(self, resources: Sequence[dict[str, Any] | str], ranks: list[int] | None = None, *,
+                 copies: bool = True) -> list[Outcome]:
         """``put`` of each resource in order (method PUT, no If-Match), batched (module docstring).
-        ``ranks``: see FhirStore.upsert_many (a copy ranked below the stored one changes nothing)."""
-        prepared = [_prepare(resource) for resource in resources]  # a bad one refuses the batch, before any write
+        A resource may be its compact JSON text (``content.prepare_text``: parsed only when it changed).
+        ``ranks``: see FhirStore.upsert_many (a copy ranked below the stored one changes nothing).
+        ``copies``: False leaves the resource of "unchanged" outcomes None (nothing parsed for them)."""
+        prepared = [prepare_text(r) if isinstance(r, str) else prepare(r) for r in resources]  # before any write
         current = self._current_many({(p.rtype, p.rid) for p in prepared})
+        bodies = self._bodies({cur.rk for p in prepared if (cur := current.get((p.rtype, p.rid))) is not None
+                               and not cur.deleted and cur.digest != p.digest})
         existed = {cur.rk for cur in current.values()}
         next_rk = int(self.conn.execute("SELECT coalesce(max(rk), 0) + 1 FROM resources").fetchone()[0])
         held = self._ranks({cur.rk for cur in current.values()}) if ranks and any(ranks) else {}
         outcomes: list[Outcome] = []
         versions: list[tuple[Any, ...]] = []
-        last: dict[int, tuple[_Prepared, dict[str, Any]]] = {}  # rk → its last version this batch
+        last: dict[int, tuple[Prepared, dict[str, Any]]] = {}  # rk → its last version this batch
         for n, p in enumerate(prepared):
             cur = current.get((p.rtype, p.rid))
             rank = ranks[n] if ranks else 0
             if rank and cur is not None:
                 if held.get(cur.rk, 0) > rank:  # older news: the store holds a later resolution's copy
-                    outcomes.append(Outcome(p.rtype, p.rid, cur.version, cur.lu_ms, "unchanged",
-                                            self._stamp(p.content, cur.version, cur.lu_ms)))
+                    outcomes.append(self._unchanged(p, cur, copies))
                     continue
                 held[cur.rk] = rank
             elif rank:
                 held[next_rk] = rank
-            if cur is not None and not cur.deleted and cur.digest == p.digest:
-                outcomes.append(Outcome(p.rtype, p.rid, cur.version, cur.lu_ms, "unchanged",
-                                        self._stamp(p.content, cur.version, cur.lu_ms)))
+            if cur is not None and self._same(cur, p, bodies):
+                outcomes.append(self._unchanged(p, cur, copies))
+                if cur.digest != p.digest:  # same content in another key order: the digest was replaced
+                    current[(p.rtype, p.rid)] = _Current(cur.rk, cur.version, cur.lu_ms, False, p.digest)
                 continue
             rk = next_rk if cur is None else cur.rk
             next_rk += cur is None
             version = 1 if cur is None else cur.version + 1
             lu_ms = self.now_ms if cur is None else max(self.now_ms, cur.lu_ms)
             stored = self._stamp(p.content, version, lu_ms)
-            versions.append((rk, p.rtype, version, lu_ms, "PUT", _body(stored, p.base)))
+            versions.append((rk, p.rtype, version, lu_ms, "PUT", body := body_text(stored, p.base)))
+            bodies[rk] = (version, body)
             current[(p.rtype, p.rid)] = _Current(rk, version, lu_ms, False, p.digest)
             last[rk] = (p, stored)
             status: Status = "created" if cur is None or cur.deleted else "updated"
@@ -275,6 +201,36 @@ class Writer:
             self.conn.executemany("INSERT INTO ranks(rk, resolved) VALUES (?, ?) ON CONFLICT(rk) DO UPDATE "
                                   "SET resolved = max(resolved, excluded.resolved)", list(held.items()))
         return outcomes
+
+    def _unchanged(self, p: Prepared, cur: _Current, copies: bool) -> Outcome:
+        resource = self._stamp(p.content, cur.version, cur.lu_ms) if copies else None
+        return Outcome(p.rtype, p.rid, cur.version, cur.lu_ms, "unchanged", resource)
+
+    def _same(self, cur: _Current, p: Prepared, bodies: dict[int, tuple[int, str]]) -> bool:
+        """Whether ``p`` holds the content of ``cur``, a current version (``bodies``: rk → (version,
+        body text) of those whose digest differs): equal digests, or equal content in another key order
+        (``content.same_content``; its digest then becomes ``p``'s, so its next copy compares quickly)."""
+        if cur.deleted:
+            return False
+        if cur.digest == p.digest:
+            return True
+        version, body = bodies.get(cur.rk, (0, ""))
+        if version != cur.version or not same_content(p, body):
+            return False
+        self.conn.execute("UPDATE resources SET hash = ? WHERE rk = ?", (p.digest, cur.rk))
+        return True
+
+    def _bodies(self, rks: set[int]) -> dict[int, tuple[int, str]]:
+        """rk → (version, body text) of the current version of each of ``rks`` (live ones), one query per 500."""
+        out: dict[int, tuple[int, str]] = {}
+        ordered = sorted(rks)
+        for at in range(0, len(ordered), _IN_CHUNK):
+            chunk = ordered[at:at + _IN_CHUNK]
+            rows = self.conn.execute(
+                "SELECT r.rk, r.version, v.body FROM resources r JOIN versions v ON v.rk = r.rk AND "  # noqa: S608
+                f"v.version = r.version WHERE r.deleted = 0 AND r.rk IN ({','.join('?' * len(chunk))})", chunk)
+            out.update((int(rk), (int(version), str(body))) for rk, version, body in rows)
+        return out
 
     def _ranks(self, rks: set[int]) -> dict[int, int]:
         """The rank of the copy each of ``rks`` holds (FhirStore.upsert_many), one query per 500."""
@@ -288,7 +244,7 @@ class Writer:
         return out
 
     def _write_rows(self, current: dict[tuple[str, str], _Current], existed: set[int],
-                    versions: list[tuple[Any, ...]], last: dict[int, tuple[_Prepared, dict[str, Any]]]) -> None:
+                    versions: list[tuple[Any, ...]], last: dict[int, tuple[Prepared, dict[str, Any]]]) -> None:
         """The statements of ``put_many``: resource rows, versions, then the index of each changed resource."""
         if not last:
             return

@@ -21,6 +21,7 @@ Quirks accepted: a UTF-8 BOM, blank lines, and a doubled escape character in MSH
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from gateway.errors import Location, ParseError
@@ -177,6 +178,14 @@ class Rep:
             subs = comps[comp - 1]
             return subs[sub - 1] if 0 < sub <= len(subs) else ""
         return ""
+
+    def key(self) -> Hashable:
+        """A hashable value such that two repetitions with equal keys have equal components (the
+        memo key of conversions, mappings/datatypes/memo.py)."""
+        raw, d = self.raw, self._d
+        if self._comps is None and d.escape not in raw:  # comps depend on raw and two separators only
+            return (raw, d.component, d.subcomponent)
+        return tuple(map(tuple, self.comps))  # a tuple of tuples: never equal to the form above
 
     def component(self, comp: int) -> str:
         """The whole component (subcomponents joined back with the subcomponent separator), unescaped."""

@@ -15,6 +15,7 @@ from gateway.errors import ConfigError
 from gateway.hl7v2.tokenizer import Rep
 from mappings.codemaps import load_json
 from mappings.config import uri_part
+from mappings.datatypes.memo import Memo, cached
 from mappings.datatypes.primitives import value
 
 JSON = dict[str, Any]
@@ -61,7 +62,17 @@ def _coding(code: str, display: str, system_name: str, default_system: str) -> J
     return out
 
 
+_CWE = Memo()  # pure conversion of repeated codes (mappings/datatypes/memo.py)
+
+
 def cwe_to_codeable_concept(rep: Rep | None, default_system: str = "") -> JSON | None:
+    """:func:`convert_cwe`, memoized (a fresh copy each call)."""
+    if rep is None:
+        return None
+    return cached(_CWE, (rep.key(), default_system), lambda: convert_cwe(rep, default_system))  # type: ignore[no-any-return]
+
+
+def convert_cwe(rep: Rep | None, default_system: str = "") -> JSON | None:
     """CWE -> CodeableConcept (see module doc); None when the CWE is empty or null.
 
     ``default_system`` is used when CWE-3 is empty and the field is bound to a v2 table.

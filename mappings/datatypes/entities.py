@@ -12,13 +12,20 @@ from typing import Any
 from gateway.hl7v2.tokenizer import Rep
 from mappings.config import IDENTITY, IdentifierSystems, uri_part
 from mappings.datatypes.identifiers import hd_system, identifier_key, identifier_type
+from mappings.datatypes.memo import Memo, cached
 from mappings.datatypes.primitives import value
 from mappings.ids import stable_id
 
 JSON = dict[str, Any]
+_XCN, _XON, _PL = Memo(), Memo(), Memo()  # pure conversions of repeated values (mappings/datatypes/memo.py)
 
 
 def xcn_to_practitioner(rep: Rep, systems: IdentifierSystems, site: str) -> JSON | None:
+    """:func:`convert_xcn`, memoized (a fresh copy each call)."""
+    return cached(_XCN, (rep.key(), site), lambda: convert_xcn(rep, systems, site), systems)  # type: ignore[no-any-return]
+
+
+def convert_xcn(rep: Rep, systems: IdentifierSystems, site: str) -> JSON | None:
     """XCN -> Practitioner: identifier XCN-1 (system from XCN-9, e.g. CMQ licence; type XCN-13),
     name XCN-2.1 family, XCN-3/XCN-4 given, XCN-5 suffix, XCN-6 prefix. Id: identifier system|value,
     else the site and name. None when the XCN has neither id nor name."""
@@ -54,6 +61,11 @@ def xcn_to_practitioner(rep: Rep, systems: IdentifierSystems, site: str) -> JSON
 
 
 def xon_to_organization(rep: Rep, systems: IdentifierSystems, site: str) -> JSON | None:
+    """:func:`convert_xon`, memoized (a fresh copy each call)."""
+    return cached(_XON, (rep.key(), site), lambda: convert_xon(rep, systems, site), systems)  # type: ignore[no-any-return]
+
+
+def convert_xon(rep: Rep, systems: IdentifierSystems, site: str) -> JSON | None:
     """XON -> Organization: XON-1 name; identifier XON-10 (v2.5+) or XON-3 (v2.3), system from XON-6
     when sent, else ``urn:pivot:org:<site>``. Id from the identifier, else the site and name."""
     name = value(rep.get(1))
@@ -94,6 +106,11 @@ _PHYSICAL = "http://terminology.hl7.org/CodeSystem/location-physical-type"
 
 
 def pl_to_location(rep: Rep, site: str) -> JSON | None:
+    """:func:`convert_pl`, memoized (a fresh copy each call)."""
+    return cached(_PL, (rep.key(), site), lambda: convert_pl(rep, site))  # type: ignore[no-any-return]
+
+
+def convert_pl(rep: Rep, site: str) -> JSON | None:
     """PL -> one Location for the most specific level sent (bed, room, point of care, floor,
     building): identifier = the PL components joined with '^' in ``urn:pivot:location:<facility>``,
     name = the non-empty components joined with ' ', physicalType = that level. PL-4 (facility)

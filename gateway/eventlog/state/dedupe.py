@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.eventlog.state.db import StateDb, StateUnavailable, open_state
@@ -29,7 +30,7 @@ class DedupeIndex:
         """True when accepted before. The state unreachable: False (logged) — the intake then fails
         at ``add`` (after the append) and answers AR, so nothing is acknowledged unrecorded."""
         try:
-            rows = self.db.run("SELECT 1 FROM accepted WHERE sender = ? AND control_id = ?", (sender, control_id))
+            rows = self.db.read("SELECT 1 FROM accepted WHERE sender = ? AND control_id = ?", (sender, control_id))
         except StateUnavailable:
             log.warning("dedupe index unavailable sender=%s control_id=%s", sender, control_id)
             return False
@@ -39,6 +40,15 @@ class DedupeIndex:
         """Record an accepted message (StateUnavailable, a PublishError, when the state is down)."""
         self.db.run("INSERT INTO accepted(sender, control_id, at) VALUES (?,?,?) "
                     "ON CONFLICT (sender, control_id) DO NOTHING", (sender, control_id, int(time.time())))
+
+    def add_many(self, keys: Sequence[tuple[str, str]]) -> None:
+        """``add`` of each (sender, control id) of ``keys``, in one transaction (a bulk intake batch)."""
+        if not keys:
+            return
+        at = int(time.time())
+        with self.db.transaction() as tx:
+            tx.executemany("INSERT INTO accepted(sender, control_id, at) VALUES (?,?,?) "
+                           "ON CONFLICT (sender, control_id) DO NOTHING", [(s, c, at) for s, c in keys])
 
     def forget(self, sender: str, control_id: str) -> None:
         """Drop an entry (a dead letter replayed after its AA must be processed again)."""

@@ -27,6 +27,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from gateway.envelope import dumps
 from gateway.eventlog.state.db import StateDb, StateUnavailable, open_state
 from gateway.intake import MapCache
 from mappings import MapResult
@@ -37,6 +38,38 @@ SCHEMA = "handoff"
 KEEP_S = 86_400
 TAKEN_KEEP_S = 300
 _PRUNE_EVERY = 1_000
+
+
+_FORMAT = "2"  # first line of a body in the format of :func:`encode`; older bodies are one JSON object
+_NOT_CARRIED = ("resources", "warnings")  # warnings: moved out by the pipeline before the handoff
+
+
+Texts = list[str] | None
+"""Each resource's compact JSON (``gateway.envelope.dumps``) as the handoff carried it, or None."""
+
+
+def encode(result: MapResult) -> str:
+    """The handoff body of ``result``: lines ``2``, the JSON of its other fields, then one line per
+    resource, its compact JSON (no raw newline in it: JSON escapes it in strings)."""
+    meta = {f.name: getattr(result, f.name) for f in fields(result) if f.name not in _NOT_CARRIED}
+    return "\n".join([_FORMAT, dumps(meta), *(dumps(res) for res in result.resources)])
+
+
+def decode(body: str) -> tuple[MapResult, Texts]:
+    """The result of a handoff body and its resources' texts (:func:`encode`'s format; a body of
+    one JSON object, as written before 0.6.1, gives no texts)."""
+    if not body.startswith(_FORMAT + "\n"):
+        return MapResult(**json.loads(body)), None
+    _format, meta, *texts = body.split("\n")
+    return MapResult(resources=json.loads(f"[{','.join(texts)}]"), **json.loads(meta)), texts
+
+
+def take(cache: MapCache, key: str) -> tuple[MapResult | None, Texts]:
+    """``cache.pop(key)`` with its resources' texts when the handoff carried them (the mapping worker
+    publishes those instead of serialising each resource again)."""
+    if isinstance(cache, SharedMapCache | SpillMapCache):
+        return cache.take(key)
+    return cache.pop(key), None
 
 
 class SharedMapCache(MapCache):
@@ -51,8 +84,7 @@ class SharedMapCache(MapCache):
     def put(self, key: str, result: MapResult) -> None:
         """Hand a result over. The state unreachable: logged, not raised (the worker, missing it,
         maps and resolves the message itself; the intake's append then decides the ACK)."""
-        shallow = {f.name: getattr(result, f.name) for f in fields(result)}  # asdict() deep-copies: 2 ms
-        body = json.dumps(shallow, ensure_ascii=False, separators=(",", ":"))
+        body = encode(result)
         try:
             self.db.run("INSERT INTO handoff(key, body, at, taken) VALUES (?,?,?,NULL) ON CONFLICT (key) "
                         "DO UPDATE SET body = excluded.body, at = excluded.at, taken = NULL",
@@ -65,13 +97,17 @@ class SharedMapCache(MapCache):
     def pop(self, key: str) -> MapResult | None:
         """The result of ``key``, marked taken (kept TAKEN_KEEP_S for a worker that dies before its
         commit). None when there is none (or the state is unreachable: the worker resolves again)."""
+        return self.take(key)[0]
+
+    def take(self, key: str) -> tuple[MapResult | None, Texts]:
+        """:meth:`pop` with the resources' texts (:func:`take`)."""
         try:
             rows = self.db.run("UPDATE handoff SET taken = ? WHERE key = ? RETURNING body", (int(time.time()), key))
         except StateUnavailable:
             log.warning("handoff unavailable: result not read key_len=%d", len(key))
-            return None
+            return None, None
         self._maybe_prune()
-        return MapResult(**json.loads(rows[0][0])) if rows else None
+        return decode(rows[0][0]) if rows else (None, None)
 
     def prune(self, now: int | None = None) -> int:
         """Remove taken results older than TAKEN_KEEP_S and untaken ones older than KEEP_S."""
@@ -129,10 +165,14 @@ class SpillMapCache(MapCache):
         self.spilled += 1
 
     def pop(self, key: str) -> MapResult | None:
+        return self.take(key)[0]
+
+    def take(self, key: str) -> tuple[MapResult | None, Texts]:
+        """:meth:`pop` with the resources' texts when the result was spilled (:func:`take`)."""
         with self._memory_lock:
             result = self._memory.pop(key, None)
         spill = self._spill
-        return result if result is not None or spill is None else spill.pop(key)
+        return (result, None) if result is not None or spill is None else spill.take(key)
 
     def _spill_cache(self) -> SharedMapCache:
         with self._spill_lock:
