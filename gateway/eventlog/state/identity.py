@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.eventlog.state.db import Row, StateDb, Tx, open_state
-from gateway.eventlog.state.identity_rows import Pair, Person, Seen, Stored, dump, pairs_of
+from gateway.eventlog.state.identity_rows import Pair, Person, Seen, Stored, dump, dump_times, pairs_of
 
 JSON = dict[str, Any]
 FILE_NAME = "identity.sqlite"
@@ -340,7 +340,7 @@ class IdentityIndex:
         if key not in seen.resources:
             self.preload([key])  # its owner and times (every caller has read it already)
         old = seen.resources[key]
-        times = json.dumps(stored.times, separators=(",", ":")) if stored.times is not None else None
+        times = dump_times(stored.times) if stored.times is not None else None
         kept = times if times is not None or old is None else old[3]
         row = (stored.person, stored.event_ms, dump(stored.body), kept)
         if row == old:

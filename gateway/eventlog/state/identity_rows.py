@@ -44,8 +44,10 @@ class Pair:
     active: bool
 
 
-def dump(body: JSON) -> str:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""A stored body's JSON text (compact, UTF-8 kept); the encoder built once, not per call as by json.dumps."""
+dump_times = json.JSONEncoder(separators=(",", ":")).encode
+"""The element times' JSON text (the same text ``json.dumps(times, separators=(",", ":"))`` gives)."""
 
 
 @dataclass(slots=True)
