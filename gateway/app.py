@@ -260,6 +260,7 @@ async def serve(settings: Settings) -> None:
     app = create_app(gateway)
     from gateway.listener import mllp_server, tune_gc
 
+    gateway.intake.pipeline.warm()  # the first message not slower than the next (Pipeline.warm)
     tune_gc()
     mllp: Any
     if split:  # the MLLP listener in its own process: see gateway.listener

@@ -213,6 +213,7 @@ async def _child(settings: Settings, status_fd: int, notify_fd: int, parent: int
     intake = Intake(settings, event_log, dedupe, Profiles.load(settings.sender_profiles, settings.default_timezone),
                     IdentifierSystems.load(settings.identifier_systems), metrics, cache, identity,
                     authorize=security.authorize_sender)
+    intake.pipeline.warm()
     server = mllp_server(intake, settings, metrics, security)
     try:
         await server.start()

@@ -120,3 +120,28 @@ def test_the_composition_root_gives_defisante_then_pharmacy(tmp_path: Path) -> N
         assert mapper.hooks == [gw.rules, gw.pharmacy]
     finally:
         gw.close()
+
+
+def test_warming_the_pipeline_keeps_nothing(tmp_path: Path) -> None:
+    """``Pipeline.warm`` (start-up of `pivot serve` and of the listener process) maps synthetic messages
+    and keeps nothing: a warmed gateway then treats a message exactly as a fresh one does (same ACK,
+    same resolution rank: no identity resolved during the warm-up), and its log holds only that message."""
+    from gateway.samples import site_message
+
+    outcomes = []
+    for warmed in (False, True):
+        gw = Gateway(load_settings(data_dir=tmp_path / f"var{int(warmed)}", workers=False))
+        try:
+            if warmed:
+                gw.intake.pipeline.warm()
+            raw = site_message(0)
+            reply = gw.intake.receive(raw, Origin("test", "unit"))
+            result = gw.cache.pop(f"{parse(raw).sender}|{reply.control_id}")
+            assert result is not None
+            outcomes.append((reply.code, result.resolved, result.patient_id,
+                             len(gw.log.read_all(gw.settings.topic("hl7v2.in")))))
+        finally:
+            gw.close()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[1][0] == "AA"
+    assert outcomes[1][3] == 1
