@@ -67,16 +67,19 @@ class MappingWorker(Worker):
         while the intake's appends, the ACKs, wait). The batch is committed after the last append; a
         failed append raises PublishError and Worker._retry hands the same batch again, which reuses
         the results it took (``_taken``: the handoff's are gone, none is resolved a second time) and
-        appends the earlier parts again (the sinks are idempotent: nothing changes)."""
+        appends the earlier parts again (the sinks are idempotent: nothing changes). The appends do
+        not wait for the disk (``sync=False``): what they hold is derived from ``hl7v2.in``, durable
+        already, and a power cut that lost them loses this worker's later offset commits too, so the
+        messages are mapped again — while a flushed append held the lock the ACKs wait for ~50 ms."""
         if records is not self._batch:  # not Worker._retry giving the same batch again
             self._taken, self._batch = {}, records
         out: list[OutRecord] = []
         for rec in records:
             out.extend(self._one(rec))
             if len(out) >= self.append_records:
-                self.log.append_many(out)
+                self.log.append_many(out, sync=False)
                 out = []
-        self.log.append_many(out)
+        self.log.append_many(out, sync=False)
         self._taken, self._batch = {}, None  # published: no retry of this batch
 
     def _one(self, rec: Record) -> list[OutRecord]:

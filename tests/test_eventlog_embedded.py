@@ -84,3 +84,21 @@ def test_an_append_waits_for_another_connections_write_lock(tmp_path: Path) -> N
     finally:
         other.close()
         log.close()
+
+
+def test_an_unsynced_append_is_not_flushed_unless_grouped_with_a_synced_one(tmp_path: Path) -> None:
+    """``sync=False`` (the mapping worker's derived records) commits without the flush; a synced append
+    (an ACK's raw message) is flushed, and the connection goes back to flushing for it."""
+    log = EmbeddedLog(tmp_path / "log.sqlite")
+    try:
+        sent = _statements(log._conn, lambda: log.append_many([OutRecord("fhir", b"d")], sync=False))
+        assert sent[0] == "PRAGMA synchronous=NORMAL"
+        assert sent[1].startswith("INSERT INTO records")
+        again = _statements(log._conn, lambda: log.append_many([OutRecord("fhir", b"e")], sync=False))
+        assert len(again) == 1  # still NORMAL: no pragma again
+        durable = _statements(log._conn, lambda: log.append(OutRecord("in", b"raw")))
+        assert durable[0] == "PRAGMA synchronous=FULL"
+        assert int(log._conn.execute("PRAGMA synchronous").fetchone()[0]) == 2  # FULL
+        assert [r.value for r in log.read_all("fhir")] == [b"d", b"e"]
+    finally:
+        log.close()

@@ -116,3 +116,26 @@ def test_the_intake_files_are_watched_and_checkpointed(tmp_path: Path, fast: Non
     finally:
         log.close()
         dedupe.close()
+
+
+def test_a_wal_under_steady_writes_is_started_again_and_cut_back(tmp_path: Path, fast: None,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes that never pause (the identity index at 80 msg/s) leave no moment when every frame is
+    checkpointed before the next write begins: the WAL then never starts again from its beginning and
+    grew without end (~10 MB a second in `pivot serve`). Past RESTART_BYTES it is restarted and cut back."""
+    limit = 256 * 1024
+    monkeypatch.setattr(walcheckpoint, "RESTART_BYTES", limit)
+    path = tmp_path / "steady.sqlite"
+    conn = _open(path)
+    walcheckpoint.watch(conn, path)
+    wal = path.with_name(path.name + "-wal")
+    largest = 0
+    try:
+        for _ in range(2_500):  # ~10 MB of frames, one commit each, a little apart like ACKs
+            conn.execute("INSERT INTO t(v) VALUES (?)", (b"x" * 4000,))
+            time.sleep(0.0005)
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        walcheckpoint.unwatch(path)
+        conn.close()
+    assert largest < 8 * limit + 2 * 1024 * 1024  # bounded: not the ~10 MB written

@@ -104,9 +104,10 @@ def test_a_batch_is_appended_in_short_write_transactions(tmp_path: Path, monkeyp
         sizes: list[int] = []
         real = gw.log.append_many
 
-        def counting(out: list[OutRecord]) -> None:
+        def counting(out: list[OutRecord], *, sync: bool = True) -> None:
+            assert not sync  # derived from hl7v2.in: not flushed (EventLog.append_many)
             sizes.append(len(out))
-            real(out)
+            real(out, sync=sync)
 
         monkeypatch.setattr(gw.log, "append_many", counting)
         mapper = _mapper(gw, gw.cache)
@@ -139,11 +140,11 @@ def test_a_batch_retried_after_a_failed_append_is_not_resolved_again(tmp_path: P
             resolved.append(raw)
             return real_run(raw, *args, **kwargs)
 
-        def flaky(out: list[OutRecord]) -> None:
+        def flaky(out: list[OutRecord], *, sync: bool = True) -> None:
             appends.append(len(out))
             if len(appends) == 2:
                 raise PublishError("event log write failed")
-            real_append(out)
+            real_append(out, sync=sync)
 
         monkeypatch.setattr(gw.pipeline, "run", run)
         monkeypatch.setattr(gw.log, "append_many", flaky)

@@ -47,8 +47,12 @@ class EventLog(Protocol):
         """Store one record durably; raise PublishError when that is impossible."""
         ...
 
-    def append_many(self, records: list[OutRecord]) -> None:
-        """Store several records durably (one fsync / one flush)."""
+    def append_many(self, records: list[OutRecord], *, sync: bool = True) -> None:
+        """Store several records durably (one fsync / one flush). ``sync=False``: stored (a crash of
+        the process loses nothing) but the embedded log does not wait for the disk: a power cut may
+        lose them, with everything appended after them (offset commits included). Only for records
+        derived from others that are durable, which are produced again when lost (the mapping
+        worker's ``fhir.*``: its consumer offsets then go back too). Kafka always waits for acks."""
         ...
 
     def consumer(self, group: str, topics: list[str], *, from_beginning: bool = True) -> Consumer: ...

@@ -1,7 +1,8 @@
 """The embedded event log: one SQLite file (WAL, synchronous=FULL) under PIVOT_DATA_DIR.
 
 Appends go through one writer thread that commits whatever is queued in one transaction (group
-commit): a caller returns only after the commit, i.e. after the fsync. Every topic has a single
+commit): a caller returns only after the commit, i.e. after the fsync (``sync=False``: after the
+write, the flush left to the next synced commit or checkpoint — derived records only). Every topic has a single
 partition (0); the offset is a global sequence number. Consumer groups keep their committed
 offsets in the same file. Semantics are those of one gateway process (plus CLI commands such as
 ``pivot ingest`` appending from another process: consumers re-query at least every 200 ms).
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS offsets (
 _RECHECK_S = 0.2
 _ONE_STATEMENT_ROWS = 6_000  # x 5 parameters: under SQLite's 32,766 bound parameters per statement
 _FETCH_ARM = "SELECT * FROM (SELECT seq FROM records WHERE topic = ? AND seq > ? ORDER BY seq LIMIT ?)"
-_Pending = tuple[list[OutRecord], threading.Event, list[BaseException]]
+_Pending = tuple[list[OutRecord], threading.Event, list[BaseException], bool]  # records, done, error, sync
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -139,6 +140,7 @@ class EmbeddedLog:
             self._conn.executescript(_SCHEMA)
             walcheckpoint.watch(self._conn, path)
             self._conn.execute("PRAGMA busy_timeout=0")  # begin_immediate waits, in short steps
+            self._synced = True  # synchronous=FULL (_connect)
         finally:
             os.umask(old)
         self._queue: queue.Queue[_Pending | None] = queue.Queue()
@@ -151,14 +153,18 @@ class EmbeddedLog:
     def append(self, record: OutRecord) -> None:
         self.append_many([record])
 
-    def append_many(self, records: list[OutRecord]) -> None:
+    def append_many(self, records: list[OutRecord], *, sync: bool = True) -> None:
+        """``sync=False`` (EventLog.append_many): committed without waiting for the disk, unless the
+        same group commit carries a record that must be synced. Such a commit holds the write lock —
+        which the MLLP listener's ACK appends wait for — for the time of the write only, not of a
+        flush of ~500 KB (the mapping worker's appends)."""
         if not records:
             return
         if self._closed:
             raise PublishError("event log is closed")
         done = threading.Event()
         slot: list[BaseException] = []
-        self._queue.put((list(records), done, slot))
+        self._queue.put((list(records), done, slot, sync))
         done.wait()
         if slot:
             raise PublishError("event log write failed") from slot[0]
@@ -183,12 +189,17 @@ class EmbeddedLog:
     def _commit(self, batch: list[_Pending]) -> None:
         now = int(time.time() * 1000)
         rows = []
+        sync = False
         for item in batch:
-            records, _done, _slot = item
+            records, _done, _slot, item_sync = item
+            sync = sync or item_sync
             for r in records:
                 rows.append((r.topic, r.key, r.value, json.dumps(r.headers), now))
         error: BaseException | None = None
         try:
+            if sync != self._synced:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if sync else 'NORMAL'}")
+                self._synced = sync
             _insert_records(self._conn, rows)
         except sqlite3.Error as exc:
             error = exc
@@ -196,7 +207,7 @@ class EmbeddedLog:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
         for item in batch:
-            _records, done, slot = item
+            _records, done, slot, _sync = item
             if error is not None:
                 slot.append(error)
             done.set()

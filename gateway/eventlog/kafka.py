@@ -138,8 +138,9 @@ class KafkaLog:
     def append(self, record: OutRecord) -> None:
         self.append_many([record])
 
-    def append_many(self, records: list[OutRecord]) -> None:
-        """Send every record, then wait until each one is acknowledged by the cluster.
+    def append_many(self, records: list[OutRecord], *, sync: bool = True) -> None:
+        """Send every record, then wait until each one is acknowledged by the cluster (``sync`` is
+        the embedded log's: the cluster's acknowledgement is the same either way).
 
         The wait is bounded by ``publish_timeout_s``; while the cluster is unreachable a call may take
         up to about twice that (connecting the admin client, then the producer).

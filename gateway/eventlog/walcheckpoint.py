@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 EVERY_S = 1.0
+RESTART_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("pivot.sqlite")
 
 _lock = threading.Lock()
@@ -29,6 +30,7 @@ def watch(conn: sqlite3.Connection, path: Path) -> None:
     """Checkpoint ``path`` in the background from now on; ``conn`` (its writer) no longer does."""
     global _thread
     conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute(f"PRAGMA journal_size_limit={RESTART_BYTES}")  # a WAL started again is cut back to this
     with _lock:
         _watched[path] = _watched.get(path, 0) + 1
         if _thread is None or not _thread.is_alive():
@@ -48,12 +50,22 @@ def unwatch(path: Path) -> None:
 
 
 def checkpoint(path: Path) -> None:
-    """One PASSIVE checkpoint of ``path`` (errors are logged, never raised: the next one retries)."""
+    """One PASSIVE checkpoint of ``path``, then a RESTART one when its WAL has grown past
+    :data:`RESTART_BYTES` (errors are logged, never raised: the next one retries).
+
+    A WAL starts again from its beginning only when a write transaction begins while every frame is
+    checkpointed: under a steady stream of transactions (the identity index and the handoff at
+    80 msg/s) that moment never came, and their WALs grew ~10 MB a second without end, each append
+    allocating new blocks (which the file system then flushes with every other file's fsync — the
+    ACK's). RESTART, tried without waiting (busy: the next second tries again), makes the next
+    writer start at the beginning; the writers' ``journal_size_limit`` then cuts the file back."""
     try:
         # mode=rw: a file removed meanwhile (a test's directory) is not created again, empty
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=0, isolation_level=None)
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if _wal_bytes(path) > RESTART_BYTES:
+                conn.execute("PRAGMA wal_checkpoint(RESTART)")
         finally:
             conn.close()
     except sqlite3.Error:
@@ -67,3 +79,10 @@ def _loop() -> None:
             paths = list(_watched)
         for path in paths:
             checkpoint(path)
+
+
+def _wal_bytes(path: Path) -> int:
+    try:
+        return path.with_name(path.name + "-wal").stat().st_size
+    except OSError:
+        return 0
