@@ -95,11 +95,16 @@ def envelope_resource(value: bytes) -> tuple[str, int] | None:
 
 
 def inbound_headers(*, sender: str, control_id: str, message_type: str, transport: str,
-                    received_at: str, size: int) -> dict[str, str]:
-    """Headers of an ``hl7v2.in`` record (ids and sizes only)."""
-    return {"schema_version": str(SCHEMA_VERSION), "sender": sender, "msh10": control_id,
-            "message_type": message_type, "transport": transport, "received_at": received_at,
-            "size": str(size)}
+                    received_at: str, size: int, deferred: bool = False) -> dict[str, str]:
+    """Headers of an ``hl7v2.in`` record (ids and sizes only). ``deferred``: the intake acknowledged it
+    stored without mapping it (enhanced mode, MSH-16 NE): the mapping worker maps it first and writes
+    its review entries (header ``deferred: 1``)."""
+    headers = {"schema_version": str(SCHEMA_VERSION), "sender": sender, "msh10": control_id,
+               "message_type": message_type, "transport": transport, "received_at": received_at,
+               "size": str(size)}
+    if deferred:
+        headers["deferred"] = "1"
+    return headers
 
 
 def deadletter_headers(*, stage: str, code: int, hl7_code: str, reason: str, sender: str,

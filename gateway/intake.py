@@ -11,6 +11,8 @@
                                 "warning" review entry per value the mapping dropped)
               ─ enhanced mode:  append raw to hl7v2.in (durable) ── commit ACK CA (per MSH-15)
                                 map + validate ── application ACK AA/AE (per MSH-16)
+                                MSH-16 NE over MLLP/HTTP: no application ACK to wait for, so the CA
+                                goes once stored and the mapping worker maps it (_commit_only)
 
 Parse, supported?, required structure, map + validate and identity are the steps of the pipeline
 spine (gateway/pipeline.py), called here with the intake's own checks between them. The mapping
@@ -49,6 +51,9 @@ _CACHE_SIZE = 2048
 _MAX_SENDER_LABELS = 200
 _TRIGGER_LABELS = frozenset(t for table in (SUPPORTED, PHARMACY_TRIGGERS) for trigs in table.values() for t in trigs)
 UNLISTED = "unlisted"
+_LIVE = frozenset({"mllp", "http"})
+"""Transports whose sender waits on the line for the ACK (Intake._commit_only); a file, a Kafka topic or a
+dead-letter replay gets the mapping's outcome in its reply."""
 
 
 class SenderLabels:
@@ -88,6 +93,11 @@ class MapCache:
     def pop(self, key: str) -> MapResult | None:
         with self._lock:
             return self._items.pop(key, None)
+
+    def take(self, key: str) -> tuple[MapResult | None, list[str] | None]:
+        """``pop`` with each resource's compact JSON as the handoff carried it (the mapping worker
+        publishes those texts instead of serialising again); in memory there are none: None."""
+        return self.pop(key), None
 
     def close(self) -> None:
         """Nothing to release in memory (gateway.eventlog.state.handoff.SharedMapCache closes its database)."""
@@ -210,6 +220,8 @@ class Intake:
             self._count(origin, "AA", sender, msg.trigger, duplicate=True)
             acks = self._acks(msg, "AA", None, enhanced, accept_mode, app_mode)
             return Reply(code="AA", acks=acks, control_id=control_id, duplicate=True)
+        if app_mode == "NE" and ahead is None and origin.transport in _LIVE and not self._batching():
+            return self._commit_only(raw, msg, origin, received_at, accept_mode)
         key = f"{sender}|{control_id}"
         # map and resolve before the append, and hand the result to the mapping worker (cache) before
         # the record can reach it: the worker must never resolve the same message a second time
@@ -243,6 +255,24 @@ class Intake:
         self._review(raw, msg, warnings, origin)
         return Reply(code="AA", acks=[build_ack("AA", msg=msg, warnings=warnings)], control_id=control_id)
 
+    def _commit_only(self, raw: bytes, msg: Message, origin: Origin, received_at: str, accept_mode: str) -> Reply:
+        """Enhanced mode, no application ACK asked (MSH-16 NE), from a sender waiting on the line: the
+        commit ACK means "stored" (HL7 v2.5 §2.9.3) and nobody waits for the mapping's outcome, so the
+        message is stored unmapped (header ``deferred``) and acknowledged at once; the mapping worker maps
+        and resolves it, and writes its dead letter or review entries — what it already did for an
+        enhanced-mode message the mapping refused (the sender got CA either way). Parse, sender rights,
+        required structure and resends are still checked before the CA (CR/CE/CA again)."""
+        try:
+            self._store(raw, msg, None, origin, received_at, deferred=True)
+        except PublishError as exc:
+            return self._down(msg, exc, origin, True, accept_mode, "NE")
+        self._count(origin, "AA", msg.sender, msg.trigger)
+        acks = [build_ack("CA", msg=msg)] if wants_ack(accept_mode, "CA") else []
+        return Reply(code="AA", acks=acks, control_id=msg.control_id)
+
+    def _batching(self) -> bool:
+        return getattr(self._batch, "records", None) is not None
+
     def _review(self, raw: bytes, msg: Message, warnings: list[MapWarning], origin: Origin) -> None:
         """An accepted message whose mapping dropped something (MapResult.warnings): one ``warning``
         entry each in the dead letters (the review list; the raw message and its MSH-10 kept)."""
@@ -259,11 +289,12 @@ class Intake:
         log.warning("charset fallback sender=%s control_id=%s", msg.sender, msg.control_id)
 
     def _store(self, raw: bytes, msg: Message, result: MapResult | None, origin: Origin,
-               received_at: str) -> None:
+               received_at: str, *, deferred: bool = False) -> None:
         patient = result.patient_id if result is not None else None
         headers = inbound_headers(sender=msg.sender, control_id=msg.control_id,
                                   message_type=f"{msg.message_code}^{msg.trigger}",
-                                  transport=origin.transport, received_at=received_at, size=len(raw))
+                                  transport=origin.transport, received_at=received_at, size=len(raw),
+                                  deferred=deferred)
         key = (patient or msg.sender).encode("utf-8")
         self._append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
         accepted: dict[tuple[str, str], None] | None = getattr(self._batch, "accepted", None)

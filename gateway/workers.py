@@ -15,7 +15,7 @@ from typing import Protocol
 
 from gateway.delivery.bundle import BUNDLE_TOPIC, bundle_id, message_bundle_json
 from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_resource, envelope_text, now_iso
-from gateway.errors import GatewayError, PublishError, StoreError
+from gateway.errors import GatewayError, MapWarning, PublishError, StoreError
 from gateway.eventlog.base import EventLog, OutRecord, Record
 from gateway.eventlog.state.handoff import take
 from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
@@ -58,7 +58,8 @@ class MappingWorker(Worker):
         self.cache = cache
         self.hooks: list[RuleHook] = list(hooks)
         self._topics: dict[str, str] = {}
-        self._taken: dict[str, tuple[MapResult, list[str] | None]] = {}  # this batch's results, until published
+        # this batch's results (with their review entries), until published
+        self._taken: dict[str, tuple[MapResult, list[str] | None, list[MapWarning]]] = {}
         self._batch: list[Record] | None = None
 
     def handle(self, records: list[Record]) -> None:
@@ -88,10 +89,10 @@ class MappingWorker(Worker):
         received_at = rec.headers.get("received_at", "")
         key = f"{sender}|{control_id}"
         try:  # a batch retried after a failed append finds what it took or resolved: never resolved again
-            result, texts = self._taken.get(key) or take(self.cache, key)
+            result, texts, warnings = self._taken.get(key) or (*take(self.cache, key), [])
             if result is None:
-                result, texts = self._resolve(rec, received_at), None
-            self._taken[key] = (result, texts)
+                result, warnings = self._resolve(rec, received_at)
+            self._taken[key] = (result, texts, warnings)
         except PublishError:  # the shared state is down: the batch is retried (Worker._retry), nothing dead-lettered
             raise
         except GatewayError as exc:
@@ -107,6 +108,8 @@ class MappingWorker(Worker):
         if texts is None or len(texts) != len(result.resources):
             texts = [dumps(res) for res in result.resources]
         out = self._records(result, texts, site, sender, control_id, received_at)
+        if rec.headers.get("deferred") == "1":  # stored unmapped (Intake._commit_only): its review entries
+            out.extend(self._dead(rec, warning, sender, control_id, stage="warning") for warning in warnings)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))
         return out
@@ -136,18 +139,20 @@ class MappingWorker(Worker):
             name = self._topics[resource_type] = self.settings.topic(fhir_topic(resource_type))
         return name
 
-    def _resolve(self, rec: Record, received_at: str) -> MapResult:
+    def _resolve(self, rec: Record, received_at: str) -> tuple[MapResult, list[MapWarning]]:
         outcome = self.pipeline.run(rec.value, received(received_at))
         if outcome.error is not None:
             raise outcome.error
         assert outcome.result is not None  # no error: a result
-        return outcome.result
+        return outcome.result, outcome.warnings
 
-    def _dead(self, rec: Record, exc: GatewayError, sender: str, control_id: str) -> OutRecord:
+    def _dead(self, rec: Record, exc: GatewayError, sender: str, control_id: str, *, stage: str = "map") -> OutRecord:
+        """A dead letter of ``rec`` (stage ``map``), or a review entry (stage ``warning``: a value the
+        mapping dropped from a message it accepted; the raw message kept, as the intake writes them)."""
         self.metrics.inc("pivot_deadletters_total", help_text="messages written to the dead letters",
-                         stage="map", sender=sender)
-        log.warning("dead letter stage=map error=%s sender=%s control_id=%s", exc.code, sender, control_id)
-        headers = deadletter_headers(stage="map", code=exc.code, hl7_code=exc.hl7_code,
+                         stage=stage, sender=sender)
+        log.warning("dead letter stage=%s error=%s sender=%s control_id=%s", stage, exc.code, sender, control_id)
+        headers = deadletter_headers(stage=stage, code=exc.code, hl7_code=exc.hl7_code,
                                      reason=exc.describe(), sender=sender, control_id=control_id,
                                      transport=rec.headers.get("transport", ""), source_ref=rec.ref)
         return OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=sender.encode(),
