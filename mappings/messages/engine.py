@@ -40,13 +40,14 @@ from mappings.segments import (
 )
 from mappings.segments.nulls import (
     DG1_CONDITION,
+    NK1_PATIENT,
     NK1_RELATED,
     PD1_PATIENT,
     PID_PATIENT,
     PV1_ENCOUNTER,
     PV2_ENCOUNTER,
     FieldPaths,
-    explicit_nulls,
+    add_nulls,
 )
 from mappings.segments.provenance import event_instant
 from mappings.structure import check_structure
@@ -82,10 +83,7 @@ class _Build:
 
     def nulled(self, resource: JSON, seg: Segment, table: FieldPaths) -> None:
         """Record the fields of ``seg`` sent as ``""`` against ``resource`` (MapResult.nulls)."""
-        paths = explicit_nulls(seg, table)
-        if paths:
-            known = self.nulls.setdefault(f"{resource['resourceType']}/{resource['id']}", [])
-            known.extend(p for p in paths if p not in known)
+        add_nulls(self.nulls, resource, seg, table)
 
     def need_group(self, seg: Segment) -> _Group:
         if self.group is None:  # a PD1/PV1/… before any PID
@@ -116,6 +114,7 @@ def _nk1(b: _Build, seg: Segment) -> None:
     if organization is not None:
         group.patient.setdefault("contact", []).append(organization[0])
         b.resources.append(organization[1])
+    b.nulled(group.patient, seg, NK1_PATIENT)
     if person is not None:
         b.resources.append(person)
         b.nulled(person, seg, NK1_RELATED)

@@ -50,7 +50,15 @@ from mappings.segments import (
     msh_to_provenance,
     pd1_to_general_practitioners,
 )
-from mappings.segments.nulls import PD1_PATIENT, PID_PATIENT, explicit_nulls
+from mappings.segments.nulls import (
+    PD1_PATIENT,
+    PID_PATIENT,
+    RXA_ADMINISTRATION,
+    RXD_DISPENSE,
+    RXE_REQUEST,
+    add_nulls,
+    explicit_nulls,
+)
 from mappings.segments.patient import pid_to_patient
 from mappings.segments.provenance import event_instant, recorded
 from mappings.structure import check_structure
@@ -215,8 +223,9 @@ def _rx_key(raw: _Raw, order: Order, env: Env) -> JSON | None:
 
 
 def _build_group(raw: _Raw, index: int, msg: Message, env: Env, patient: JSON, sender: JSON,
-                 stamp: str) -> tuple[list[JSON], JSON]:
-    """The resources of one group and its pharmacy (ORC-21, else the sender MSH-4)."""
+                 stamp: str, nulls: dict[str, list[str]]) -> tuple[list[JSON], JSON]:
+    """The resources of one group and its pharmacy (ORC-21, else the sender MSH-4); the fields sent
+    as ``""`` go to ``nulls`` (MapResult.nulls)."""
     order = orc_to_order(raw.orc, env, stamp) if raw.orc is not None else Order()
     pharmacy = order.facility or sender
     out: list[JSON] = [pharmacy]
@@ -229,6 +238,7 @@ def _build_group(raw: _Raw, index: int, msg: Message, env: Env, patient: JSON, s
     group.route = rxr_to_route(rxr) if rxr is not None else {}
     if raw.rxe is not None:
         out.append(rxe_to_medication_request(raw.rxe, env, group))
+        add_nulls(nulls, out[-1], raw.rxe, RXE_REQUEST)
     for i, (rxd, rxd_rxr) in enumerate(raw.rxds):
         assert rxd is not None
         pharmacist = rxd_pharmacist(rxd, env)
@@ -236,12 +246,14 @@ def _build_group(raw: _Raw, index: int, msg: Message, env: Env, patient: JSON, s
             out.append(pharmacist)
         route = rxr_to_route(rxd_rxr) if rxd_rxr is not None else {}
         out.append(rxd_to_medication_dispense(rxd, env, group, route, i, pharmacist))
+        add_nulls(nulls, out[-1], rxd, RXD_DISPENSE)
     admin_route = rxr_to_route(raw.rxa_rxr) if raw.rxa_rxr is not None else group.route
     for i, rxa in enumerate(raw.rxas):
         performer = rxa_administrator(rxa, env)
         if performer is not None:
             out.append(performer)
         out.append(rxa_to_medication_administration(rxa, env, group, admin_route, i, performer))
+        add_nulls(nulls, out[-1], rxa, RXA_ADMINISTRATION)
     return out, pharmacy
 
 
@@ -292,8 +304,9 @@ def map_pharmacy(msg: Message, ctx: MapContext, *, structure_checked: bool = Fal
         link_general_practitioners(patient, found)
         resources.extend(found)
     pharmacies: list[JSON] = []
+    nulls = _patient_nulls(reader.pid, reader.pd1, patient)
     for i, raw in enumerate(reader.groups):
-        built, pharmacy = _build_group(raw, i, msg, env, patient, sender, stamp)
+        built, pharmacy = _build_group(raw, i, msg, env, patient, sender, stamp, nulls)
         resources.extend(built)
         pharmacies.append(pharmacy)
     resources = _ordered([*resources, sender])
@@ -309,7 +322,7 @@ def map_pharmacy(msg: Message, ctx: MapContext, *, structure_checked: bool = Fal
     return MapResult(resources=resources, patient_id=patient["id"],
                      unmapped_segments=list(dict.fromkeys(reader.unmapped)), message_code=msg.message_code,
                      trigger=msg.trigger, sender=msg.sender, control_id=msg.control_id,
-                     event_time=event_instant(msg, env), nulls=_patient_nulls(reader.pid, reader.pd1, patient))
+                     event_time=event_instant(msg, env), nulls=nulls)
 
 
 def _patient_nulls(pid: Segment, pd1: list[Segment], patient: JSON) -> dict[str, list[str]]:

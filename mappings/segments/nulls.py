@@ -10,6 +10,7 @@ resource that segment builds (mappings/README.md, "Update semantics").
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from gateway.hl7v2.tokenizer import Segment
 from mappings.datatypes.primitives import HL7_NULL
@@ -32,8 +33,29 @@ PV1_ENCOUNTER: FieldPaths = {
     17: ("participant.ADM",), 36: ("hospitalization.dischargeDisposition",), 44: ("period.start",),
     45: ("period.end",),
 }
-PV2_ENCOUNTER: FieldPaths = {3: ("reasonCode",), 25: ("priority",)}
+# PV2-38 mode of arrival is the Encounter's only extension (encounter-modeOfArrival): the unit
+# ``extension`` is that field's alone. Another Encounter extension would need its own unit first.
+PV2_ENCOUNTER: FieldPaths = {3: ("reasonCode",), 25: ("priority",), 38: ("extension",)}
+# NK1-13 organisation -> Patient.contact, which no other field fills: ``""`` deletes the unit
+# ``contact`` (one for all NK1s: a valued NK1-13 elsewhere in the message replaces it instead).
+NK1_PATIENT: FieldPaths = {13: ("contact",)}
+# Not tracked, as their unit also holds another field's value and deleting it would delete too much
+# (mappings/README.md, "Update semantics"): PID-9 alias (``name``, with PID-5), PV1-11 temporary
+# location (``location``, with PV1-3/PV1-6), NK1-7 contact role (``relationship``, with NK1-3).
 DG1_CONDITION: FieldPaths = {5: ("onsetDateTime",), 16: ("asserter",), 19: ("recordedDate",)}
+# Pharmacy: only the fields that alone fill their element (RXE-10/11/12/39 share dispenseRequest,
+# RXE-32 falls back to ORC-9, the dosage is RXE + TQ1 + RXR: not tracked).
+RXE_REQUEST: FieldPaths = {9: ("substitution",), 27: ("reasonCode",)}
+RXD_DISPENSE: FieldPaths = {9: ("note",), 11: ("substitution",), 33: ("type",)}
+RXA_ADMINISTRATION: FieldPaths = {9: ("note",), 10: ("performer",), 18: ("statusReason",), 19: ("reasonCode",)}
+
+
+def add_nulls(nulls: dict[str, list[str]], resource: Mapping[str, Any], seg: Segment, table: FieldPaths) -> None:
+    """Record the fields of ``seg`` sent as ``""`` against ``resource`` in ``nulls`` (MapResult.nulls)."""
+    paths = explicit_nulls(seg, table)
+    if paths:
+        known = nulls.setdefault(f"{resource['resourceType']}/{resource['id']}", [])
+        known.extend(p for p in paths if p not in known)
 
 
 def explicit_nulls(seg: Segment, table: FieldPaths) -> list[str]:
