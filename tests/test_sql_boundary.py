@@ -3,8 +3,9 @@ ask the store through named queries (gateway/fhirstore/queries.py, gateway/event
 gateway/eventlog/audit_store.py), never ``store.reading()`` with raw SQL.
 
 The scan reads the syntax tree of every module under gateway/ (comments and docstrings do not
-count): a call of ``.execute(``/``.executemany(``/``.executescript(``/``.reading()``, or an import
-of ``sqlite3``, outside those two packages fails the test, naming the file and line.
+count): a call of ``.execute(``/``.executemany(``/``.executescript(``/``.reading()``, a connection
+handed out (``writer.conn``) or an import of ``sqlite3``, outside those two packages fails the test,
+naming the file and line.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from gateway.fhirstore import FhirStore, queries
 GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
 SQL_HOMES = ("fhirstore", "eventlog")
 BANNED_CALLS = frozenset({"execute", "executemany", "executescript", "reading"})
+BANNED_ATTRS = frozenset({"conn"})  # a store or log connection handed out (``writer.conn``): ask the store instead
 
 # Exceptions (none left: identity/index.py, dedupe.py and handoff.py moved into gateway/eventlog/state/,
 # subscriptions/state.py into gateway/fhirstore/subscription_state.py). An entry whose file no longer
@@ -30,6 +32,8 @@ def sql_uses(source: str) -> list[tuple[int, str]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in BANNED_CALLS:
             found.append((node.lineno, f".{node.func.attr}("))
+        elif isinstance(node, ast.Attribute) and node.attr in BANNED_ATTRS:
+            found.append((node.lineno, f".{node.attr}"))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, "import sqlite3") for alias in node.names if alias.name.split(".")[0] == "sqlite3"]
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "sqlite3":
@@ -44,7 +48,7 @@ def _scan() -> dict[str, list[tuple[int, str]]]:
         if rel.split("/", 1)[0] in SQL_HOMES:
             continue
         text = path.read_text(encoding="utf-8")
-        if not any(word in text for word in ("sqlite3", *BANNED_CALLS)):  # most modules: no parse needed
+        if not any(word in text for word in ("sqlite3", *BANNED_CALLS, *BANNED_ATTRS)):  # most modules: no parse needed
             continue
         uses = sql_uses(text)
         if uses:

@@ -34,7 +34,7 @@ from gateway.fhirstore.dates import instant_text
 from gateway.fhirstore.extract import extract
 from gateway.fhirstore.params import RESULT_PARAMS
 from gateway.fhirstore.query import Params, parse_search
-from gateway.fhirstore.search import search
+from gateway.fhirstore.search import Entry, read_current, search
 
 Status = Literal["created", "updated", "unchanged", "deleted"]
 _IN_CHUNK = 500  # ids per "IN (...)" look-up (SQLite's variable limit is far above)
@@ -88,6 +88,12 @@ class Writer:
         self.now_ms = now_ms
         self.changes: list[Outcome] = []  # what this transaction changed, in order (for store listeners)
         self._instants: dict[int, str] = {}
+
+    def read(self, rtype: str, rid: str) -> Entry:
+        """The current version of one resource as this transaction sees it (StoreError 404 unknown,
+        410 deleted): what a check inside the write (the privacy boundary, a Subscription's status)
+        reads, without the write connection leaving the store."""
+        return read_current(self.conn, rtype, rid)
 
     def _current(self, rtype: str, rid: str) -> _Current | None:
         row = self.conn.execute(

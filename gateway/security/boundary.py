@@ -44,7 +44,6 @@ from gateway.fhirstore import FhirStore
 from gateway.fhirstore.careteam import Audience, CareTeamRule, about_clients
 from gateway.fhirstore.extract import split_reference
 from gateway.fhirstore.interactions import Interaction
-from gateway.fhirstore.search import read_current
 from gateway.fhirstore.writer import Writer
 from gateway.security.clients import Principal
 from gateway.security.middleware import STATE_PRINCIPAL
@@ -131,7 +130,7 @@ class Boundary:
         if self.audience is None or inter.method == "GET" or inter.target is None:
             return
         try:
-            old = read_current(writer.conn, inter.rtype, inter.target).resource
+            old = writer.read(inter.rtype, inter.target).resource
         except StoreError:
             old = None
         new = None if inter.method == "DELETE" else inter.resource
@@ -162,7 +161,7 @@ class Boundary:
         known = []
         for rid in ids:
             try:
-                current = read_current(writer.conn, rtype, rid).resource
+                current = writer.read(rtype, rid).resource
             except StoreError:
                 continue
             if self.sees(current, rtype):

@@ -44,7 +44,6 @@ from gateway.errors import StoreError
 from gateway.fhirstore import FhirStore, Outcome
 from gateway.fhirstore.match import Matcher
 from gateway.fhirstore.query import Params
-from gateway.fhirstore.search import read_current
 from gateway.fhirstore.subscription_state import DeliveryState, Event
 from gateway.security.audit_disclosure import notification_disclosure
 from gateway.subscriptions.authz import UNREACHABLE, CareTeamAuthorizer, clients_of, unreachable
@@ -268,7 +267,7 @@ class SubscriptionEngine:
         """Write ``status`` (and ``error``, or remove it) into the stored Subscription."""
         try:
             with self.store.writing() as writer:
-                current = read_current(writer.conn, "Subscription", sub_id).resource or {}
+                current = writer.read("Subscription", sub_id).resource or {}
                 updated = {k: v for k, v in current.items() if k != "error"} | {"status": status}
                 if error:
                     updated["error"] = error
