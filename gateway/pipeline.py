@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from gateway.envelope import now_iso
 from gateway.errors import GatewayError, MapWarning, ParseError, PublishError
-from gateway.hl7v2.tokenizer import Message, parse, parse_text
+from gateway.hl7v2.tokenizer import Message, Segment, parse, parse_text
 from gateway.identity import IdentityResolver
 from mappings import IdentifierSystems, MapContext, MapResult, Profile, Profiles, check_required, check_supported
 from mappings import map_message as _map_message
@@ -77,12 +77,19 @@ class Pipeline:
         self.systems = systems
         self.identity = identity
         self.on_fallback = on_fallback
+        # the MSH segment ``decode`` last found the sender's profile for, and that profile: ``require``
+        # of that message reuses it (one slot: another thread's message in between only costs a lookup)
+        self._found: tuple[Segment, Profile] | None = None
 
     def decode(self, raw: bytes, head: Message | None = None) -> Message:
         """Parse (charset of the sender's profile, found from the MSH segment ``head`` or read here,
-        unless MSH-18 says otherwise), then check the type is supported. ParseError / UnsupportedError."""
+        unless MSH-18 says otherwise), then check the type is supported. ParseError / UnsupportedError.
+        The message keeps ``head``'s MSH segment when it reads the same (tokenizer.parse)."""
         head = head if head is not None else msh_head(raw)
-        msg = parse(raw, self.profiles.for_message(head).charset if head is not None else None)
+        profile = self.profiles.for_message(head) if head is not None else None
+        msg = parse(raw, profile.charset if profile is not None else None, head)
+        if profile is not None and head is not None and msg.msh is head.msh:  # the same sender fields
+            self._found = (msg.msh, profile)
         if msg.warnings and self.on_fallback is not None:
             self.on_fallback(msg)
         check_supported(msg)
@@ -91,9 +98,14 @@ class Pipeline:
     def require(self, msg: Message) -> Profile:
         """The sender's profile, once ``msg`` has every segment and field its structure requires
         (less what the profile relaxes). StructureError (ACK AE; enhanced mode CE)."""
-        profile = self.profiles.for_message(msg)
+        profile = self._profile(msg)
         check_required(msg, profile.relax)
         return profile
+
+    def _profile(self, msg: Message) -> Profile:
+        """``profiles.for_message(msg)``, found already when ``decode`` just read that message."""
+        found = self._found
+        return found[1] if found is not None and found[0] is msg.msh else self.profiles.for_message(msg)
 
     def resolve(self, msg: Message, profile: Profile, received_at: datetime, *, identify: bool = True) -> Outcome:
         """Map + validate a message ``require`` accepted (its structure is not checked again), then
@@ -161,7 +173,7 @@ class Pipeline:
         """``require`` of a message whose pure steps ran ahead: its profile, or its StructureError raised."""
         if ahead.stage == STRUCTURE and ahead.error is not None:
             raise ahead.error
-        return self.profiles.for_message(msg)
+        return self._profile(msg)
 
     def resolve_ahead(self, ahead: Ahead, msg: Message) -> Outcome:
         """``resolve`` of a message whose map + validate ran ahead: identities resolved here."""

@@ -5,6 +5,7 @@ the spine's refusals carry their stage."""
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from gateway.errors import StructureError
 from gateway.eventlog.base import OutRecord
 from gateway.hl7v2 import parse
 from gateway.intake import MapCache
-from gateway.pipeline import DECODE, MAP, STRUCTURE, SUPPORTED, Pipeline
+from gateway.pipeline import DECODE, MAP, STRUCTURE, SUPPORTED, Pipeline, msh_head
 from gateway.samples import er_message
 from gateway.settings import load_settings
 from gateway.workers import MappingWorker
@@ -145,3 +146,42 @@ def test_warming_the_pipeline_keeps_nothing(tmp_path: Path) -> None:
     assert outcomes[0] == outcomes[1]
     assert outcomes[1][0] == "AA"
     assert outcomes[1][3] == 1
+
+
+def test_decode_keeps_the_msh_segment_already_read_only_when_it_reads_the_same() -> None:
+    """The intake reads the MSH alone first (sender, profile); ``decode`` keeps that segment, its fields
+    already split, when the message's first line reads the same in the message's charset."""
+    pipeline = Pipeline(Profiles.load(None, "America/Montreal"), IdentifierSystems.load(None), identity=None)
+    raw = er_message(11)
+    head = msh_head(raw)
+    assert head is not None
+    msg = pipeline.decode(raw, head)
+    assert msg.msh is head.msh
+    assert [s.fields for s in msg.segments] == [s.fields for s in parse(raw).segments]
+    for facility, charset, codec in (("Hôpital", "UNICODE UTF-8", "utf-8"), ("Hôpital", "8859/1", "latin-1"),
+                                     ("HOPITAL", "8859/1", "latin-1")):
+        msh, rest = er_message(12, charset=charset).decode(codec).split("\r", 1)
+        fields = msh.split("|")
+        fields[3] = facility  # MSH-4
+        raw = "\r".join(["|".join(fields), rest]).encode(codec)
+        head = msh_head(raw)  # read as latin-1: a UTF-8 MSH-4 reads otherwise
+        assert head is not None
+        msg = pipeline.decode(raw, head)
+        assert msg.msh is not head.msh  # another text ("HÃ´pital") or another charset
+        assert msg.sending_facility == facility
+        assert [s.fields for s in msg.segments] == [s.fields for s in parse(raw, None).segments]
+
+
+def test_require_finds_the_profile_of_its_own_message(tmp_path: Path) -> None:
+    """``decode`` found the sender's profile; ``require`` reuses it only for that same message."""
+    relaxed = parse(er_message(13))
+    path = tmp_path / "profiles.json"
+    path.write_text(json.dumps({"senders": [{"name": "no-evn", "application": relaxed.sending_application,
+                                             "facility": relaxed.sending_facility, "relax": ["EVN"]}]}))
+    pipeline = Pipeline(Profiles.load(path, "America/Montreal"), IdentifierSystems.load(None), identity=None)
+    other = edit(er_message(13), "MSH", 4, "OTHER")
+    a, b = pipeline.decode(drop(er_message(13), "EVN")), pipeline.decode(drop(other, "EVN"))
+    assert pipeline.require(a).name == "no-evn"  # b was decoded last: its profile is not a's
+    with pytest.raises(StructureError):
+        pipeline.require(b)
+    assert pipeline.require(pipeline.decode(er_message(14))).name == "default"

@@ -97,7 +97,7 @@ class _Head:
 def _no_controls(value: str) -> str:
     """A value echoed into an ACK without control characters: an MLLP start (0x0B) or end (0x1C)
     block copied from the message would cut the ACK's frame short (found by the fuzz storm)."""
-    return _CONTROLS.sub("", value)
+    return value if value.isprintable() else _CONTROLS.sub("", value)  # printable: none of them in it
 
 
 def _from_message(msg: Message) -> _Head:
@@ -184,11 +184,20 @@ def _from_raw(raw: bytes | None) -> _Head:
 
 
 def _version_tuple(version: str, d: Delimiters) -> tuple[int, ...]:
+    known = _VERSIONS.get((version, d.component))
+    if known is not None:
+        return known
     parts = version.split(d.component)[0].split(".")
     try:
-        return tuple(int(p) for p in parts)
+        value = tuple(int(p) for p in parts)
     except ValueError:
-        return (2, 5, 1)
+        value = (2, 5, 1)
+    if len(_VERSIONS) < 256:
+        _VERSIONS[version, d.component] = value
+    return value
+
+
+_VERSIONS: dict[tuple[str, str], tuple[int, ...]] = {}  # (MSH-12 as sent, component separator) -> version; bounded
 
 
 def build_ack(code: str, *, msg: Message | None, raw: bytes | None = None, error: GatewayError | None = None,

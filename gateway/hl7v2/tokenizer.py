@@ -51,6 +51,7 @@ class Delimiters:
 
 
 DEFAULT_DELIMITERS = Delimiters()
+_DELIMITERS: dict[str, Delimiters] = {}  # MSH-1 + MSH-2 as sent -> their (valid) Delimiters; bounded
 
 
 def delimiters_from_header(head: str) -> Delimiters:
@@ -65,16 +66,23 @@ def delimiters_from_header(head: str) -> Delimiters:
         raise ParseError("MSH segment too short for MSH-1 and MSH-2", location=Location("MSH", 1, 2),
                          hl7_code="102")
     fsep = head[3]
+    enc_end = head.find(fsep, 4)
+    sent = head[3:enc_end] if enc_end >= 0 else head[3:]
+    known = _DELIMITERS.get(sent)
+    if known is not None:  # MSH-1 + MSH-2 as a sender writes them in every message: checked once
+        return known
     if fsep not in _PUNCT:
         raise ParseError("invalid field separator in MSH-1", location=Location("MSH", 1, 1), hl7_code="102")
-    enc_end = head.find(fsep, 4)
-    enc = head[4:enc_end] if enc_end >= 0 else head[4:]
+    enc = sent[1:]
     if len(enc) == 5 and enc[2] == enc[3]:
         enc = enc[:3] + enc[4]  # literal '^~\\&' quirk: a doubled escape character
     if not 4 <= len(enc) <= 5 or len(set(enc + fsep)) != len(enc) + 1 or not _PUNCT.issuperset(enc):
         raise ParseError("invalid encoding characters in MSH-2", location=Location("MSH", 1, 2),
                          hl7_code="102")
-    return Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+    d = Delimiters(fsep, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
+    if len(_DELIMITERS) < 64:
+        _DELIMITERS[sent] = d
+    return d
 
 
 def unescape(text: str, d: Delimiters, codec: str = "latin-1") -> str:
@@ -123,6 +131,8 @@ def _escape_value(seq: str, d: Delimiters, codec: str) -> str | None:
 
 def escape(text: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     """Escape ``text`` for one ER7 (sub)component: delimiters → \\F\\ \\S\\ \\T\\ \\R\\ \\E\\, newline → \\.br\\."""
+    if text.isalnum():  # delimiters are punctuation (delimiters_from_header): nothing to escape
+        return text
     esc = d.escape
     out = text.replace(esc, f"{esc}E{esc}")
     for char, code in ((d.field, "F"), (d.component, "S"), (d.subcomponent, "T"), (d.repetition, "R")):
@@ -298,40 +308,41 @@ class Message:
     @property
     def control_id(self) -> str:
         """MSH-10 message control id."""
-        return self.msh.get(10)
+        return self.segments[0].get(10)
 
     @property
     def message_code(self) -> str:
         """MSH-9.1 message code (ADT, ORU…)."""
-        return self.msh.get(9, 1)
+        return self.segments[0].get(9, 1)
 
     @property
     def trigger(self) -> str:
         """MSH-9.2 trigger event (A04…)."""
-        return self.msh.get(9, 2)
+        return self.segments[0].get(9, 2)
 
     @property
     def structure(self) -> str:
         """MSH-9.3 message structure (ADT_A01…), '' when not sent."""
-        return self.msh.get(9, 3)
+        return self.segments[0].get(9, 3)
 
     @property
     def version(self) -> str:
         """MSH-12.1 version id."""
-        return self.msh.get(12, 1)
+        return self.segments[0].get(12, 1)
 
     @property
     def sending_application(self) -> str:
-        return self.msh.get(3, 1)
+        return self.segments[0].get(3, 1)
 
     @property
     def sending_facility(self) -> str:
-        return self.msh.get(4, 1)
+        return self.segments[0].get(4, 1)
 
     @property
     def sender(self) -> str:
         """Sending application + facility (MSH-3.1|MSH-4.1): the key, with MSH-10, for duplicate detection."""
-        return f"{self.sending_application}|{self.sending_facility}"
+        msh = self.segments[0]  # the MSH getters read it directly: each is called several times per message
+        return f"{msh.get(3, 1)}|{msh.get(4, 1)}"
 
     @property
     def segment_ids(self) -> list[str]:
@@ -358,12 +369,14 @@ def parse_text(text: str, charset: str = "utf-8", warnings: list[str] | None = N
     return _tokenize(lines, delimiters_from_header(lines[0]), charset, warnings or [], text)
 
 
-def _tokenize(lines: list[str], d: Delimiters, charset: str, warnings: list[str], text: str) -> Message:
+def _tokenize(lines: list[str], d: Delimiters, charset: str, warnings: list[str], text: str,
+              msh: Segment | None = None) -> Message:
+    """Segments of ``lines``; ``msh``: the first line already tokenized (same text, delimiters, charset)."""
     fsep = d.field
     valid = _SEGMENT_ID.fullmatch
     known = _KNOWN_IDS
-    segments: list[Segment] = []
-    for i, line in enumerate(lines):
+    segments: list[Segment] = [] if msh is None else [msh]
+    for i, line in enumerate(lines[len(segments):], len(segments)):
         fields = line.split(fsep)
         sid = fields[0]
         if sid not in known:
@@ -376,8 +389,12 @@ def _tokenize(lines: list[str], d: Delimiters, charset: str, warnings: list[str]
     return Message(segments, d, charset, warnings, text)
 
 
-def parse(raw: bytes, assumed_charset: str | None = None) -> Message:
-    """Check MSH-1/MSH-2, decode (MSH-18, else the sender profile's charset, else UTF-8 then cp1252), tokenize."""
+def parse(raw: bytes, assumed_charset: str | None = None, head: Message | None = None) -> Message:
+    """Check MSH-1/MSH-2, decode (MSH-18, else the sender profile's charset, else UTF-8 then cp1252), tokenize.
+
+    ``head``: the MSH segment alone, already tokenized (gateway.pipeline.msh_head): its segment (and
+    the fields already split) is the message's when the first line reads the same text, with the
+    same delimiters and charset; else it is ignored."""
     if raw.startswith(UTF8_BOM):
         raw = raw[3:]
     lead = raw.lstrip(b"\r\n\t ") if raw[:1] in b"\r\n\t " else raw
@@ -392,4 +409,6 @@ def parse(raw: bytes, assumed_charset: str | None = None) -> Message:
     # same in every supported charset (all ASCII-compatible)
     d = delimiters_from_header(lead[:end].decode("latin-1"))
     text, codec, warnings = decode(lead, assumed_charset)
-    return _tokenize(split_segments(text), d, codec, warnings, text)
+    lines = split_segments(text)
+    same = head is not None and head.text == lines[0] and head.charset == codec and head.d == d
+    return _tokenize(lines, d, codec, warnings, text, head.msh if same and head is not None else None)

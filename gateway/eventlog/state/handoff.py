@@ -57,19 +57,18 @@ def encode(result: MapResult) -> str:
 
 def decode(body: str) -> tuple[MapResult, Texts]:
     """The result of a handoff body and its resources' texts (:func:`encode`'s format; a body of
-    one JSON object, as written before 0.6.1, gives no texts)."""
+    one JSON object, as written before 0.6.1, gives no texts). One parse: the lines after the
+    first, joined by commas, are one JSON array (the other fields, then each resource)."""
     if not body.startswith(_FORMAT + "\n"):
         return MapResult(**json.loads(body)), None
-    _format, meta, *texts = body.split("\n")
-    return MapResult(resources=json.loads(f"[{','.join(texts)}]"), **json.loads(meta)), texts
+    lines = body.split("\n")
+    meta, *resources = json.loads(f"[{','.join(lines[1:])}]")
+    return MapResult(resources=resources, **meta), lines[2:]
 
 
 def take(cache: MapCache, key: str) -> tuple[MapResult | None, Texts]:
-    """``cache.pop(key)`` with its resources' texts when the handoff carried them (the mapping worker
-    publishes those instead of serialising each resource again)."""
-    if isinstance(cache, SharedMapCache | SpillMapCache):
-        return cache.take(key)
-    return cache.pop(key), None
+    """``cache.take(key)`` (kept for gateway.workers): :meth:`MapCache.take`, overridden below."""
+    return cache.take(key)
 
 
 class SharedMapCache(MapCache):

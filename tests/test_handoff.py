@@ -1,0 +1,80 @@
+"""The intake -> mapping worker handoff (gateway/eventlog/state/handoff.py): ``take`` on every
+cache (a method each cache answers for itself) and the body read back in one JSON parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.envelope import dumps
+from gateway.eventlog.state import handoff
+from gateway.intake import MapCache
+from mappings import MapResult
+
+
+def _result(cid: str, resources: int = 2) -> MapResult:
+    res = [{"resourceType": "Patient", "id": f"p{i}", "name": [{"family": "Côté", "text": "a\nb"}]}
+           for i in range(resources)]
+    return MapResult(resources=res, patient_id="p0", unmapped_segments=["ZXX"], message_code="ADT", trigger="A04",
+                     sender="APP|FAC", control_id=cid, event_time="2026-01-01T08:00:00-05:00",
+                     nulls={"Patient/p0": ["telecom"]}, resolved=7)
+
+
+@pytest.mark.parametrize("resources", [0, 1, 3])
+def test_a_body_is_read_back_in_one_parse(resources: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _result("c1", resources)
+    body = handoff.encode(result)
+    parses: list[str] = []
+    loads = json.loads
+
+    def counting(text: str, **kwargs: Any) -> Any:
+        parses.append(text)
+        return loads(text, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    assert handoff.decode(body) == (result, [dumps(res) for res in result.resources])
+    assert len(parses) == 1
+
+
+def test_a_body_of_one_json_object_is_still_read() -> None:
+    """As written before 0.6.1: the result, no texts (the worker serialises the resources itself)."""
+    result = _result("c2")
+    old = json.dumps({"resources": result.resources, "patient_id": "p0", "unmapped_segments": ["ZXX"],
+                      "message_code": "ADT", "trigger": "A04", "sender": "APP|FAC", "control_id": "c2",
+                      "event_time": "2026-01-01T08:00:00-05:00", "nulls": {"Patient/p0": ["telecom"]},
+                      "resolved": 7})
+    assert handoff.decode(old) == (result, None)
+
+
+def test_take_of_each_cache(tmp_path: Path) -> None:
+    memory = MapCache()
+    memory.put("APP|FAC|c1", _result("c1"))
+    assert memory.take("APP|FAC|c1") == (_result("c1"), None)
+    assert memory.take("APP|FAC|c1") == (None, None)  # popped
+    spill = handoff.SpillMapCache(tmp_path, memory_items=1)
+    try:
+        spill.put("APP|FAC|m", _result("m"))
+        spill.put("APP|FAC|s", _result("s"))  # beyond the memory bound: the spill file
+        assert spill.spilled == 1
+        assert handoff.take(spill, "APP|FAC|m") == (_result("m"), None)
+        assert handoff.take(spill, "APP|FAC|s") == (_result("s"), [dumps(r) for r in _result("s").resources])
+        assert spill.take("APP|FAC|m") == (None, None)
+        assert spill.take("APP|FAC|s")[0] == _result("s")  # taken, kept for a worker killed before its commit
+    finally:
+        spill.close()
+
+
+def test_the_free_take_asks_the_cache() -> None:
+    """``take(cache, key)`` (the mapping worker's call) is the cache's own ``take``, whatever its class."""
+
+    class Carried(MapCache):
+        def take(self, key: str) -> tuple[MapResult | None, list[str] | None]:
+            result = self.pop(key)
+            return result, None if result is None else ["{}"] * len(result.resources)
+
+    cache = Carried()
+    cache.put("k", _result("c3"))
+    assert handoff.take(cache, "k") == (_result("c3"), ["{}", "{}"])
