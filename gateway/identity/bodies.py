@@ -21,6 +21,7 @@ _DUPLICATE_CODE = {"coding": [{"system": DUPLICATE_CODE_SYSTEM, "code": "possibl
                                "display": "Possible duplicate patient record"}],
                    "text": "Possible duplicate patient record"}
 _OWN_FIELDS = ("id", "identifier", "active", "link")
+_CONTAINERS = (dict, list)  # a tuple: ``dict | list`` would build a union object at every test
 
 
 def references(node: Any) -> Iterator[JSON]:
@@ -36,11 +37,11 @@ def _collect(node: Any, found: list[JSON]) -> None:
         if isinstance(node.get("reference"), str):
             found.append(node)
         for value in node.values():
-            if isinstance(value, dict | list):
+            if isinstance(value, _CONTAINERS):
                 _collect(value, found)
     elif isinstance(node, list):
         for item in node:
-            if isinstance(item, dict | list):
+            if isinstance(item, _CONTAINERS):
                 _collect(item, found)
 
 
@@ -88,7 +89,7 @@ def first_patient_ref(node: Any) -> str | None:
     else:
         return None
     for value in items:
-        if isinstance(value, dict | list) and (found := first_patient_ref(value)) is not None:
+        if isinstance(value, _CONTAINERS) and (found := first_patient_ref(value)) is not None:
             return found
     return None
 

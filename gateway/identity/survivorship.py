@@ -135,7 +135,8 @@ def asserted(resources: list[JSON], nulls: dict[str, list[str]]) -> list[JSON]:
             continue
         ref = f"{res['resourceType']}/{res['id']}"
         parts: list[JSON] = [{"url": "target", "valueReference": {"reference": ref}}]
-        parts += [{"url": "element", "valueString": unit} for unit in merge.unit_names(_demographics(res))]
+        parts += [{"url": "element", "valueString": unit} for unit in merge.unit_names(res)
+                  if unit not in _PERSON_FIELDS]  # = the units of _demographics(res), without its copy
         parts += [{"url": "nulled", "valueString": path} for path in nulls.get(ref, [])]
         out.append({"url": ASSERTED_URL, "extension": parts})
     return out

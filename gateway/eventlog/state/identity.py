@@ -78,6 +78,8 @@ def open_index(data_dir: Path | None, state_url: str = "") -> IdentityIndex:
 
 
 _CHUNK = 200  # placeholders per IN list
+_PROBES = 100  # SELECTs per UNION ALL (SQLite allows 500)
+_PRELOAD = "SELECT rtype, id, person, event_ms, body, times FROM resource WHERE rtype = ? AND id = ?"
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -286,11 +288,10 @@ class IdentityIndex:
         """Read the resources ``keys`` (type, id) in one query: what :meth:`resource` then returns."""
         known = self._seen.resources
         missing = list(dict.fromkeys(k for k in keys if k not in known))
-        for at in range(0, len(missing), _CHUNK):
-            part = missing[at:at + _CHUNK]  # both IN lists probe the primary key (an OR of pairs plans slowly)
-            types, ids = list(dict.fromkeys(t for t, _i in part)), list(dict.fromkeys(i for _t, i in part))
-            rows = self._rows("SELECT rtype, id, person, event_ms, body, times FROM resource WHERE rtype IN "  # noqa: S608
-                              f"({','.join('?' * len(types))}) AND id IN ({','.join('?' * len(ids))})", [*types, *ids])
+        for at in range(0, len(missing), _PROBES):
+            part = missing[at:at + _PROBES]  # one primary-key probe per key (two IN lists probed every
+            # type with every id; an OR of pairs or row values scan the table)
+            rows = self._rows(" UNION ALL ".join([_PRELOAD] * len(part)), [v for key in part for v in key])
             found = {(str(t), str(i)): (str(p), int(ms), str(b), t2) for t, i, p, ms, b, t2 in rows}
             known.update({k: found.get(k) for k in part})
 
@@ -328,9 +329,10 @@ class IdentityIndex:
         return out
 
     @_atomic
-    def record_ids(self, person: str) -> list[str]:
-        """Ids of the Patient records that belong to ``person`` (itself and the retired ones)."""
-        return [rid for rtype, rid in self._owned(person) if rtype == "Patient"]
+    def record_ids(self, person: str, rtype: str = "Patient") -> list[str]:
+        """Ids of the ``rtype`` resources of ``person``, sorted, none decoded (Patient: its records,
+        itself and the retired ones)."""
+        return [rid for t, rid in self._owned(person) if t == rtype]
 
     @_atomic
     def put_resource(self, stored: Stored) -> None:
@@ -446,14 +448,15 @@ class IdentityIndex:
         return None if row is None else dict(json.loads(row[0]))
 
     @_atomic
-    def first_provenance_refs(self, prov_id: str, refs: dict[str, str]) -> dict[str, str]:
+    def first_provenance_refs(self, prov_id: str, refs: dict[str, str]) -> tuple[dict[str, str], bool]:
         """The refs stored for ``prov_id``, ``refs`` stored first when there were none (one
-        statement when the message is resolved the first time)."""
+        statement when the message is resolved the first time), and whether they were stored now:
+        the index had never seen the Provenance (one per message, written with its journal)."""
         text = json.dumps(refs, sort_keys=True, separators=(",", ":"))
         if self._rows("INSERT INTO provenance(id, refs) VALUES (?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
                       (prov_id, text)):
-            return dict(refs)
-        return self.provenance_refs(prov_id) or {}
+            return dict(refs), True
+        return self.provenance_refs(prov_id) or {}, False
 
     # -- journal of re-published resources -------------------------------------------------------
     @_atomic
