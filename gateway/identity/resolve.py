@@ -37,8 +37,10 @@ from gateway.identity.keys import (
 )
 from gateway.identity.reversal import CANCELS, matches_cancel, reverse
 from mappings import MapResult, merge, stable_id
+from mappings.codemaps import codemap
 from mappings.datatypes.identifiers import NAM_SYSTEM
 from mappings.pharmacy import PHARMACY_TRIGGERS
+from mappings.segments.condition import listed_in_diagnosis
 from mappings.segments.patient import patient_key
 
 JSON = dict[str, Any]
@@ -49,6 +51,7 @@ _ORDER = ("Patient", "RelatedPerson", "Organization", "Practitioner", "Practitio
           "Condition", "Flag")
 _RANK = {t: i for i, t in enumerate(_ORDER)}
 _LAST = len(_ORDER) + 1  # Provenance and anything unknown
+_REMOVED = codemap("diagnosis-action").concept("D")  # a diagnosis no longer in its visit's DG1 set
 SKIP_UNSEEN = True
 """Work that cannot change anything for a message resolved the first time is skipped (False: done
 anyway; tests compare both)."""
@@ -102,6 +105,7 @@ class Resolution:
         for person in persons:
             self._patient(person)
             self._unsent_kin(person)
+            self._unsent_diagnoses(person)
         for person in persons:
             self._duplicates(person)
         for res in others:
@@ -364,6 +368,35 @@ class Resolution:
             if kept.publish and kept.body.get("active") is False:
                 self.ix.put_resource(Stored("RelatedPerson", stored.id, person, kept.event_ms, kept.body, kept.times))
                 self.main[("RelatedPerson", stored.id)] = kept.body
+
+    def _unsent_diagnoses(self, person: str) -> None:
+        """DG1 is a repeating set per visit: a message that sends DG1s for a visit replaces that visit's
+        diagnoses (Encounter.diagnosis, the ``diagnosis`` unit); the person's Conditions of that visit it
+        no longer lists become entered-in-error, as DG1-21 D makes them (so the visit's old diagnosis no
+        longer reads as the patient's) — only when the message is newer than the last one that sent
+        the Condition (an older set does not undo a newer one). A message without DG1 for a visit keeps
+        them all."""
+        visits: set[str] = set()
+        sent: set[str] = set()
+        for res in self.result.resources:
+            if res["resourceType"] == "Condition" and isinstance(res.get("encounter"), dict):
+                ref = str(res["encounter"].get("reference", ""))
+                visits.add(self.refs.get(ref, ref))
+                sent.add(str(res["id"]))
+        if not visits or self.meta is None:
+            return
+        for rid in self.ix.record_ids(person, "Condition"):
+            stored = None if rid in sent else self.ix.resource("Condition", rid)  # sent: not decoded
+            if stored is None or not listed_in_diagnosis(stored.body) or \
+                    str((stored.body.get("encounter") or {}).get("reference", "")) not in visits:
+                continue
+            if self.ev is not None and self.ev < stored.event_ms:  # a later message listed it: its set stands
+                continue
+            gone = {"resourceType": "Condition", "id": rid, "meta": self.meta, "verificationStatus": _REMOVED}
+            kept = survivorship.resource(self.ix, gone, [], self.ev, self.trigger)
+            if kept.publish and not listed_in_diagnosis(kept.body):
+                self.ix.put_resource(Stored("Condition", rid, person, kept.event_ms, kept.body, kept.times))
+                self.main[("Condition", rid)] = kept.body
 
     def _cancel_target(self, person: str, cancel: JSON) -> Stored | None:
         """The visit a cancel without visit number names: the person's latest matching Encounter."""
