@@ -129,7 +129,7 @@ class MappingWorker(Worker):
         bundle = message_bundle_json(result.resources, texts, sender=sender, control_id=control_id)
         out.append(OutRecord(topic=self.settings.topic(BUNDLE_TOPIC),
                              key=(result.patient_id or bundle_id(sender, control_id)).encode(),
-                             value=envelope_text(head, bundle), headers=headers))
+                             value=envelope_text(head, bundle, result.resolved), headers=headers))
         return out
 
     def _topic(self, resource_type: str) -> str:

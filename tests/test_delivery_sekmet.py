@@ -58,10 +58,12 @@ class Pipeline:
         self.sink = DeliverySink(self.settings, self.log, self.metrics, client_from_settings(self.settings))
         self.appended = 0
 
-    def append(self, bundles: list[tuple[dict[str, Any], str]]) -> None:
+    def append(self, bundles: list[tuple[dict[str, Any], str]], resolved: int = 0) -> None:
+        """Bundles as the mapping worker publishes them (``resolved``: their resolution rank)."""
         self.log.append_many([
             OutRecord(topic=self.settings.topic(BUNDLE_TOPIC), key=patient_key(b),
-                      value=fhir_envelope(b, site="HSA", control_id=cid, sender=SENDER, received_at=now_iso()),
+                      value=fhir_envelope(b, site="HSA", control_id=cid, sender=SENDER, received_at=now_iso(),
+                                          resolved=resolved),
                       headers={"msh10": cid, "sender": SENDER})
             for b, cid in bundles])
         self.appended += len(bundles)

@@ -62,7 +62,8 @@ def test_the_handoff_carries_the_texts_the_worker_publishes(shared: Gateway,
         expected += [fhir_envelope(res, site=site, control_id=cid, sender=sender, received_at=received_at,
                                    resolved=result.resolved) for res in result.resources]
         head = envelope_head(site=site, control_id=cid, sender=sender, received_at=received_at, produced_at=NOW)
-        expected.append(envelope_text(head, dumps(message_bundle(result.resources, sender=sender, control_id=cid))))
+        expected.append(envelope_text(head, dumps(message_bundle(result.resources, sender=sender, control_id=cid)),
+                                      result.resolved))
     serialised: list[Any] = []
 
     def counting(value: Any) -> str:

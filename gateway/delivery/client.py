@@ -77,12 +77,14 @@ def outcome_summary(outcome: JSON) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Outcome of one delivered bundle: entries written (created/updated) and skipped as unchanged."""
+    """Outcome of one delivered bundle: entries written (created/updated), skipped as unchanged, and
+    skipped as stale (the server holds a later resolution's copy: delta.py)."""
 
     created: int
     updated: int
     unchanged: int
     attempts: int
+    stale: int = 0
 
 
 class FhirClient:
@@ -114,7 +116,7 @@ class FhirClient:
             state["attempts"] += 1
             plan = self._plan(bundle)
             if plan.bundle is None:
-                return Delivery(0, 0, plan.unchanged, state["attempts"])
+                return Delivery(0, 0, plan.unchanged, state["attempts"], plan.stale)
             try:
                 reply = self._post(plan.bundle, prefer="return=minimal")
             except FhirRefused as exc:
@@ -123,7 +125,7 @@ class FhirClient:
                     raise _Transient(f"HTTP {exc.status} (conflict), re-planning") from None
                 raise
             created, updated = _count(reply)
-            return Delivery(created, updated, plan.unchanged, state["attempts"])
+            return Delivery(created, updated, plan.unchanged, state["attempts"], plan.stale)
 
         return self._retrying(attempt, stop)
 

@@ -6,6 +6,10 @@ order, so two writes of the same patient never race. A refused bundle (4xx) beco
 (stage ``deliver``) and delivery goes on; anything transient is retried inside the client until it
 succeeds or the worker stops, in which case nothing of the polled batch is committed (bundles
 already delivered are re-read and skipped after the restart: see delta.py).
+
+A resource of several keys (a shared Practitioner, Encounters re-published after a merge) may be
+delivered by several instances in any order: each entry is tagged with its record's resolution
+rank (the envelope's ``resolved``) and never written over a server copy of a higher rank (delta.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 from gateway.delivery.bundle import BUNDLE_TOPIC
 from gateway.delivery.client import FhirClient
+from gateway.delivery.delta import stamp
 from gateway.envelope import deadletter_headers
 from gateway.errors import DeliverError, PublishError
 from gateway.eventlog.base import EventLog, OutRecord, Record
@@ -60,11 +65,13 @@ class DeliverySink(Worker):
     def _one(self, rec: Record) -> None:
         sender = rec.headers.get("sender", "")
         control_id = rec.headers.get("msh10", "")
-        bundle = _bundle_of(rec.value)
-        if bundle is None:
+        read = _bundle_of(rec.value)
+        if read is None:
             self._dead(rec, DeliverError("unreadable fhir.Bundle record (not an envelope of a Bundle)"),
                        sender, control_id, rec.value)
             return
+        bundle, rank = read
+        stamp(bundle, rank)  # each copy carries its resolution: an older one never overwrites a newer
         started = time.perf_counter()
         try:
             result = self.client.deliver(bundle, stop=self._stop_event)
@@ -78,15 +85,15 @@ class DeliverySink(Worker):
         self.metrics.inc("pivot_delivered_bundles_total", help_text="bundles delivered to the FHIR server",
                          sender=sender)
         for result_name, count in (("created", result.created), ("updated", result.updated),
-                                   ("unchanged", result.unchanged)):
+                                   ("unchanged", result.unchanged), ("stale", result.stale)):
             if count:
                 self.metrics.inc("pivot_delivered_resources_total", count,
                                  help_text="resources delivered, by outcome", result=result_name)
         if result.attempts > 1:
             self.metrics.inc("pivot_deliver_retries_total", result.attempts - 1,
                              help_text="delivery attempts that failed transiently")
-        log.debug("delivered control_id=%s created=%d updated=%d unchanged=%d attempts=%d", control_id,
-                  result.created, result.updated, result.unchanged, result.attempts)
+        log.debug("delivered control_id=%s created=%d updated=%d unchanged=%d stale=%d attempts=%d", control_id,
+                  result.created, result.updated, result.unchanged, result.stale, result.attempts)
 
     def _dead(self, rec: Record, exc: DeliverError, sender: str, control_id: str, value: bytes) -> None:
         self.dead += 1
@@ -101,17 +108,21 @@ class DeliverySink(Worker):
                                   headers=headers))
 
 
-def _bundle_of(value: bytes) -> dict[str, Any] | None:
-    """The transaction Bundle of a record: an envelope's ``resource``, or a bare Bundle."""
+def _bundle_of(value: bytes) -> tuple[dict[str, Any], int] | None:
+    """The transaction Bundle of a record and its resolution rank: an envelope's ``resource`` and
+    ``resolved`` (0 when absent), or a bare Bundle (rank 0: its entries keep the tags they carry)."""
     try:
         body = json.loads(value)
     except ValueError:
         return None
+    rank = 0
     if isinstance(body, dict) and isinstance(body.get("resource"), dict):
+        resolved = body.get("resolved")
+        rank = resolved if type(resolved) is int and resolved > 0 else 0
         body = body["resource"]
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or body.get("type") != "transaction":
         return None
     if not all(isinstance(e, dict) and isinstance(e.get("request"), dict) and isinstance(e.get("resource"), dict)
                for e in body.get("entry") or []):
         return None
-    return body
+    return body, rank
