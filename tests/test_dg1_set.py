@@ -13,10 +13,9 @@ import pytest
 from gateway.fhir.models import validate
 from gateway.hl7v2.tokenizer import parse
 from gateway.identity import IdentityResolver
-from mappings import IdentifierSystems, MapContext, MapResult, Profiles, map_message
+from mappings import MapContext, MapResult, map_message
+from tests.test_identity_survivorship import PROFILES, SYSTEMS
 
-PROFILES = Profiles.load(None, "America/Montreal")
-SYSTEMS = IdentifierSystems.load(None)
 CODES = {"R07.4": "Douleur thoracique", "J44.1": "MPOC avec exacerbation", "I50.0": "Insuffisance cardiaque"}
 
 

@@ -18,6 +18,7 @@ import pytest
 from gateway.hl7v2.tokenizer import parse
 from gateway.identity import IdentityResolver
 from mappings import IdentifierSystems, MapContext, MapResult, Profiles, map_message
+from tests.test_identity_survivorship import fields
 from tests.test_pharmacy_support import map_raw, message, seg
 
 JSON = dict[str, Any]
@@ -26,13 +27,6 @@ SYSTEMS = IdentifierSystems.load(None)
 PID = "PID|1||HSA1^^^HSA^MR~TREJ40010112^^^RAMQ^JHN||Tremblay^Jérôme||19400101|M"
 VISIT = "V1^^^HSA^VN"
 _counter = [0]
-
-
-def fields(sid: str, values: dict[int, str]) -> str:
-    out = [sid] + [""] * max(values)
-    for n, text in values.items():
-        out[n] = text
-    return "|".join(out)
 
 
 def adt(when: str, *segments: str, trigger: str = "A08", pid: str = PID) -> MapResult:
