@@ -88,11 +88,16 @@ class MappingWorker(Worker):
         control_id = rec.headers.get("msh10", "")
         received_at = rec.headers.get("received_at", "")
         key = f"{sender}|{control_id}"
+        deferred = rec.headers.get("deferred") == "1"  # stored unmapped (Intake._commit_only): nothing handed over
         try:  # a batch retried after a failed append finds what it took or resolved: never resolved again
-            result, texts, warnings = self._taken.get(key) or (*take(self.cache, key), [])
-            if result is None:
-                result, warnings = self._resolve(rec, received_at)
-            self._taken[key] = (result, texts, warnings)
+            taken = self._taken.get(key)
+            if taken is None:
+                result, texts = (None, None) if deferred else take(self.cache, key)
+                warnings: list[MapWarning] = []
+                if result is None:
+                    result, warnings = self._resolve(rec, received_at)
+                taken = self._taken[key] = (result, texts, warnings)
+            result, texts, warnings = taken
         except PublishError:  # the shared state is down: the batch is retried (Worker._retry), nothing dead-lettered
             raise
         except GatewayError as exc:
@@ -108,7 +113,7 @@ class MappingWorker(Worker):
         if texts is None or len(texts) != len(result.resources):
             texts = [dumps(res) for res in result.resources]
         out = self._records(result, texts, site, sender, control_id, received_at)
-        if rec.headers.get("deferred") == "1":  # stored unmapped (Intake._commit_only): its review entries
+        if deferred:  # the intake wrote no review entry for it
             out.extend(self._dead(rec, warning, sender, control_id, stage="warning") for warning in warnings)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import gateway.workers
 from connectors.base import Origin
 from gateway.app import Gateway
 from gateway.deadletters import list_deadletters
@@ -50,7 +51,7 @@ def _with_nam_of(raw: bytes, other: bytes, control_id: str) -> bytes:
     return raw.replace(mine.encode(), theirs.encode()).replace(parse(raw).control_id.encode(), control_id.encode(), 1)
 
 
-def test_ne_is_acknowledged_stored_and_mapped_by_the_worker(gw: Gateway) -> None:
+def test_ne_is_acknowledged_stored_and_mapped_by_the_worker(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = er_message(1, ack_modes=NE)
     reply = gw.intake.receive(raw, MLLP)
     assert reply.code == "AA"
@@ -61,7 +62,15 @@ def test_ne_is_acknowledged_stored_and_mapped_by_the_worker(gw: Gateway) -> None
     assert rec.headers["deferred"] == "1"
     assert gw.intake.identity.index.active_persons() == 0  # not mapped nor resolved before the CA
     assert _published(gw, "Patient") == []
+    looked_up: list[str] = []
+
+    def take(cache: object, key: str) -> tuple[None, None]:
+        looked_up.append(key)
+        return None, None
+
+    monkeypatch.setattr(gateway.workers, "take", take)
     _map(gw)
+    assert looked_up == []  # nothing was handed over: the handoff is not asked
     assert gw.intake.identity.index.active_persons() == 1
     assert len(_published(gw, "Patient")) == 1
     assert len(_published(gw, "Encounter")) == 1
