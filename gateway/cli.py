@@ -163,10 +163,11 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from connectors.ahead import AheadPool, bulk_gc
     from connectors.files import ingest_files
     from gateway.app import Gateway
+    from gateway.eventlog import walcheckpoint
 
     pool = (AheadPool(args.jobs, settings.sender_profiles, settings.identifier_systems, settings.default_timezone)
             if args.jobs > 1 else None)
-    with pool if pool is not None else nullcontext():
+    with walcheckpoint.bulk(), pool if pool is not None else nullcontext():
         gateway = Gateway(settings.model_copy(update={"workers": bool(args.wait)}), listener_process=settings.embedded)
         try:
             progress = not args.no_progress and sys.stderr.isatty()

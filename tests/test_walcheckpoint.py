@@ -139,3 +139,29 @@ def test_a_wal_under_steady_writes_is_started_again_and_cut_back(tmp_path: Path,
         walcheckpoint.unwatch(path)
         conn.close()
     assert largest < 8 * limit + 2 * 1024 * 1024  # bounded: not the ~10 MB written
+
+
+def test_a_bulk_run_checkpoints_once_a_second_and_restores_the_period(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pivot serve` checkpoints every 0.2 s (a checkpoint's fsync delays the ACKs' own: smaller ones
+    delay them less); `pivot ingest`, which nobody waits on message by message, once a second, and only
+    while it runs (it may run inside the tests' process)."""
+    from gateway import cli
+    from gateway.settings import load_settings
+
+    assert walcheckpoint.EVERY_S < walcheckpoint.BULK_EVERY_S
+    seen: list[float] = []
+    monkeypatch.setattr("connectors.files.ingest_files",
+                        lambda *a, **k: seen.append(walcheckpoint.EVERY_S) or _Summary())
+    before = walcheckpoint.EVERY_S
+    args = cli._parser().parse_args(["ingest", "--no-progress", "--jobs", "1", str(tmp_path / "none.hl7")])
+    assert cli._ingest(load_settings(data_dir=tmp_path / "var"), args) == 0
+    assert seen == [walcheckpoint.BULK_EVERY_S]
+    assert before == walcheckpoint.EVERY_S
+    with pytest.raises(RuntimeError), walcheckpoint.bulk():
+        raise RuntimeError
+    assert before == walcheckpoint.EVERY_S
+
+
+class _Summary:
+    refused = 0
