@@ -61,7 +61,7 @@ def begin_immediate(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
     SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries: behind another
     process's 5 ms transaction an ACK would wait ~20 ms. The connection's busy timeout is 0; this
     loop does the waiting."""
-    _retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), timeout_s)
+    retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"), timeout_s)
 
 
 def _insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]) -> None:
@@ -80,10 +80,10 @@ def _insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
         return
     sql = "INSERT INTO records(topic, key, value, headers, ts) VALUES " + ",".join(["(?,?,?,?,?)"] * len(rows))  # noqa: S608
     params = [value for row in rows for value in row]
-    _retry_busy(lambda: conn.execute(sql, params))
+    retry_busy(lambda: conn.execute(sql, params))
 
 
-def _retry_busy(run: Callable[[], object], timeout_s: float = 30.0) -> None:
+def retry_busy(run: Callable[[], object], timeout_s: float = 30.0) -> None:
     """``run`` (one autocommit statement on a connection whose busy timeout is 0), tried again in
     steps of at most 2 ms while another connection holds the write lock (see :func:`begin_immediate`)."""
     deadline = time.monotonic() + timeout_s

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import PublishError
+from gateway.eventlog.embedded import begin_immediate, retry_busy, secure_file
 
 log = logging.getLogger("pivot.state")
 Row = tuple[Any, ...]
@@ -87,7 +88,6 @@ class SqliteDb(StateDb):
 
     def __init__(self, path: Path | None) -> None:
         from gateway.eventlog import walcheckpoint
-        from gateway.eventlog.embedded import secure_file
 
         self.path = path
         if path is not None:
@@ -99,6 +99,10 @@ class SqliteDb(StateDb):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             walcheckpoint.watch(self._conn, path)
+        # SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries: behind the other
+        # process's short transaction on the same file (the listener's handoff put against the mapping
+        # worker's take) a write waited 5–25 ms. begin_immediate / retry_busy wait in steps of 2 ms.
+        self._conn.execute("PRAGMA busy_timeout=0")
         self._lock = threading.RLock()
         self._closed = False
         self._depth = 0
@@ -117,7 +121,7 @@ class SqliteDb(StateDb):
                 finally:
                     self._depth -= 1
                 return
-            self._conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(self._conn, _BUSY_MS / 1000)
             self._depth = 1
             try:
                 yield _SqliteTx(self._conn)
@@ -134,7 +138,9 @@ class SqliteDb(StateDb):
         with self._lock:
             if self._closed:
                 raise StateUnavailable("shared state closed")
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            rows: list[Row] = []
+            retry_busy(lambda: rows.extend(self._conn.execute(sql, tuple(params)).fetchall()), _BUSY_MS / 1000)
+            return rows
 
     def close(self) -> None:
         from gateway.eventlog import walcheckpoint
