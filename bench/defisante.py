@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 
-from bench.__main__ import _read_ack, pct
-from bench.serve import free_port, start_serve
+from bench.__main__ import pct
+from bench.serve import free_port, read_ack, start_serve
 from gateway.defisante import codes
 from gateway.defisante.arrival import ZONE, visit_message
 from gateway.samples import er_message, nam
@@ -54,7 +54,7 @@ class _Mllp:
 
     def send(self, raw: bytes) -> None:
         self.sock.sendall(START + raw + END)
-        _read_ack(self.sock, self.buf)
+        read_ack(self.sock, self.buf)
 
     def close(self) -> None:
         self.sock.close()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.__main__ import _read_ack, pct, wait_stored
-from bench.serve import free_port, rss_kb, start_serve
+from bench.__main__ import pct, wait_stored
+from bench.serve import free_port, read_ack, rss_kb, start_serve
 from gateway.samples import er_message
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -41,7 +41,7 @@ def _sender(port: int, first: int, step: int, count: int, pace_s: float, first_a
         raw = er_message(first + k * step)
         sent = time.perf_counter()
         sock.sendall(START + raw + END)
-        ack = _read_ack(sock, buf)
+        ack = read_ack(sock, buf)
         code = ack.split(b"MSA|", 1)[1][:2].decode() if b"MSA|" in ack else "??"
         out.append((sent, time.perf_counter() - sent, code))
     sock.close()
