@@ -99,9 +99,9 @@ class SqliteDb(StateDb):
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             walcheckpoint.watch(self._conn, path)
-        # SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries: behind the other
-        # process's short transaction on the same file (the listener's handoff put against the mapping
-        # worker's take) a write waited 5–25 ms. begin_immediate / retry_busy wait in steps of 2 ms.
+        # SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20, 25… ms between tries, however short the
+        # other process's transaction on the same file (the listener's handoff put and the mapping
+        # worker's take); begin_immediate / retry_busy try again in steps of at most 2 ms.
         self._conn.execute("PRAGMA busy_timeout=0")
         self._lock = threading.RLock()
         self._closed = False
