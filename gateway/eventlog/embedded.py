@@ -27,12 +27,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from gateway.errors import PublishError
 from gateway.eventlog import walcheckpoint
 from gateway.eventlog.base import OutRecord, Record
 
 log = logging.getLogger("pivot.eventlog")
+_T = TypeVar("_T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -83,15 +85,14 @@ def _insert_records(conn: sqlite3.Connection, rows: Sequence[tuple[object, ...]]
     retry_busy(lambda: conn.execute(sql, params))
 
 
-def retry_busy(run: Callable[[], object], timeout_s: float = 30.0) -> None:
-    """``run`` (one autocommit statement on a connection whose busy timeout is 0), tried again in
+def retry_busy(run: Callable[[], _T], timeout_s: float = 30.0) -> _T:
+    """``run()`` (one autocommit statement on a connection whose busy timeout is 0), tried again in
     steps of at most 2 ms while another connection holds the write lock (see :func:`begin_immediate`)."""
     deadline = time.monotonic() + timeout_s
     delay = 0.0002
     while True:
         try:
-            run()
-            return
+            return run()
         except sqlite3.OperationalError as exc:
             text = str(exc)
             if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:

@@ -138,8 +138,7 @@ class SqliteDb(StateDb):
         with self._lock:
             if self._closed:
                 raise StateUnavailable("shared state closed")
-            rows: list[Row] = []
-            retry_busy(lambda: rows.extend(self._conn.execute(sql, tuple(params)).fetchall()), _BUSY_MS / 1000)
+            rows: list[Row] = retry_busy(lambda: self._conn.execute(sql, tuple(params)).fetchall(), _BUSY_MS / 1000)
             return rows
 
     def close(self) -> None:
