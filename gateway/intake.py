@@ -99,6 +99,21 @@ class MapCache:
         publishes those texts instead of serialising again); in memory there are none: None."""
         return self.pop(key), None
 
+    def put_many(self, items: Sequence[tuple[str, MapResult]]) -> None:
+        """``put`` of each (key, result), in order (the handoff file: one transaction)."""
+        for key, result in items:
+            self.put(key, result)
+
+    def take_many(self, keys: Sequence[str]) -> dict[str, tuple[MapResult, list[str] | None]]:
+        """``take`` of each key, the results found only (the handoff file: one transaction for a
+        mapping worker's batch instead of one per message)."""
+        out = {}
+        for key in keys:
+            result, texts = self.take(key)
+            if result is not None:
+                out[key] = (result, texts)
+        return out
+
     def close(self) -> None:
         """Nothing to release in memory (gateway.eventlog.state.handoff.SharedMapCache closes its database)."""
 
@@ -144,12 +159,14 @@ class Intake:
         A failed commit answers AR, transient, for the whole batch."""
         pending: list[OutRecord] = []
         accepted: dict[tuple[str, str], None] = {}  # in order; a dict: O(1) resend check inside the batch
-        self._batch.records, self._batch.accepted = pending, accepted
+        handed: list[tuple[str, MapResult]] = []  # the batch's results, handed over before its append
+        self._batch.records, self._batch.accepted, self._batch.handed = pending, accepted, handed
         try:
             pres = ahead if ahead is not None else [None] * len(items)
             replies = [self._receive(raw, origin, pre) for (raw, origin), pre in zip(items, pres, strict=True)]
         finally:
-            self._batch.records = self._batch.accepted = None
+            self._batch.records = self._batch.accepted = self._batch.handed = None
+        self.cache.put_many(handed)  # one transaction of the handoff file, before the records exist
         try:
             self.log.append_many(pending)
         except PublishError as exc:
@@ -169,6 +186,15 @@ class Intake:
             self.log.append(record)
         else:
             pending.append(record)
+
+    def _hand_over(self, key: str, result: MapResult) -> None:
+        """Hand the result to the mapping worker now, or with the batch being received on this thread
+        (``receive_many`` hands them all over in one call, before its one append)."""
+        handed: list[tuple[str, MapResult]] | None = getattr(self._batch, "handed", None)
+        if handed is None:
+            self.cache.put(key, result)
+        else:
+            handed.append((key, result))
 
     def _seen(self, sender: str, control_id: str) -> bool:
         accepted: dict[tuple[str, str], None] | None = getattr(self._batch, "accepted", None)
@@ -234,7 +260,7 @@ class Intake:
         if error is not None and not enhanced:
             return self._reject(raw, msg, error, origin, sender)
         if result is not None:
-            self.cache.put(key, result)
+            self._hand_over(key, result)
         try:
             self._store(raw, msg, result, origin, received_at)
         except PublishError as exc:

@@ -17,7 +17,6 @@ from gateway.delivery.bundle import BUNDLE_TOPIC, bundle_id, message_bundle_json
 from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_resource, envelope_text, now_iso
 from gateway.errors import GatewayError, MapWarning, PublishError, StoreError
 from gateway.eventlog.base import EventLog, OutRecord, Record
-from gateway.eventlog.state.handoff import take
 from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
 from gateway.fhirstore import FhirStore
 from gateway.intake import MapCache
@@ -74,6 +73,11 @@ class MappingWorker(Worker):
         messages are mapped again — while a flushed append held the lock the ACKs wait for ~50 ms."""
         if records is not self._batch:  # not Worker._retry giving the same batch again
             self._taken, self._batch = {}, records
+        # the intake's results, taken in one transaction for the batch (a deferred record has none)
+        wanted = [key for rec in records
+                  if (key := _key(rec)) not in self._taken and rec.headers.get("deferred") != "1"]
+        for key, (result, texts) in self.cache.take_many(wanted).items():
+            self._taken[key] = (result, texts, [])
         out: list[OutRecord] = []
         for rec in records:
             out.extend(self._one(rec))
@@ -84,19 +88,17 @@ class MappingWorker(Worker):
         self._taken, self._batch = {}, None  # published: no retry of this batch
 
     def _one(self, rec: Record) -> list[OutRecord]:
+        """One record: the intake's result taken for the batch (``handle``), else mapped and resolved
+        here (a deferred record, stored unmapped by Intake._commit_only; or no result handed over)."""
         sender = rec.headers.get("sender", "")
         control_id = rec.headers.get("msh10", "")
         received_at = rec.headers.get("received_at", "")
-        key = f"{sender}|{control_id}"
-        deferred = rec.headers.get("deferred") == "1"  # stored unmapped (Intake._commit_only): nothing handed over
+        key = _key(rec)
         try:  # a batch retried after a failed append finds what it took or resolved: never resolved again
             taken = self._taken.get(key)
             if taken is None:
-                result, texts = (None, None) if deferred else take(self.cache, key)
-                warnings: list[MapWarning] = []
-                if result is None:
-                    result, warnings = self._resolve(rec, received_at)
-                taken = self._taken[key] = (result, texts, warnings)
+                result, warnings = self._resolve(rec, received_at)
+                taken = self._taken[key] = (result, None, warnings)
             result, texts, warnings = taken
         except PublishError:  # the shared state is down: the batch is retried (Worker._retry), nothing dead-lettered
             raise
@@ -113,7 +115,7 @@ class MappingWorker(Worker):
         if texts is None or len(texts) != len(result.resources):
             texts = [dumps(res) for res in result.resources]
         out = self._records(result, texts, site, sender, control_id, received_at)
-        if deferred:  # the intake wrote no review entry for it
+        if rec.headers.get("deferred") == "1":  # the intake wrote no review entry for it
             out.extend(self._dead(rec, warning, sender, control_id, stage="warning") for warning in warnings)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))
@@ -162,6 +164,11 @@ class MappingWorker(Worker):
                                      transport=rec.headers.get("transport", ""), source_ref=rec.ref)
         return OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=sender.encode(),
                          headers=headers)
+
+
+def _key(rec: Record) -> str:
+    """The handoff key of an ``hl7v2.in`` record: sender + MSH-10, as the intake handed it over."""
+    return f"{rec.headers.get('sender', '')}|{rec.headers.get('msh10', '')}"
 
 
 class StoreSink(Worker):

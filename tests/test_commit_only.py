@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-import gateway.workers
 from connectors.base import Origin
 from gateway.app import Gateway
 from gateway.deadletters import list_deadletters
@@ -64,11 +63,11 @@ def test_ne_is_acknowledged_stored_and_mapped_by_the_worker(gw: Gateway, monkeyp
     assert _published(gw, "Patient") == []
     looked_up: list[str] = []
 
-    def take(cache: object, key: str) -> tuple[None, None]:
-        looked_up.append(key)
-        return None, None
+    def take_many(keys: list[str]) -> dict[str, object]:
+        looked_up.extend(keys)
+        return {}
 
-    monkeypatch.setattr(gateway.workers, "take", take)
+    monkeypatch.setattr(gw.cache, "take_many", take_many)
     _map(gw)
     assert looked_up == []  # nothing was handed over: the handoff is not asked
     assert gw.intake.identity.index.active_persons() == 1

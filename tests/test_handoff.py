@@ -59,22 +59,33 @@ def test_take_of_each_cache(tmp_path: Path) -> None:
         spill.put("APP|FAC|m", _result("m"))
         spill.put("APP|FAC|s", _result("s"))  # beyond the memory bound: the spill file
         assert spill.spilled == 1
-        assert handoff.take(spill, "APP|FAC|m") == (_result("m"), None)
-        assert handoff.take(spill, "APP|FAC|s") == (_result("s"), [dumps(r) for r in _result("s").resources])
+        assert spill.take("APP|FAC|m") == (_result("m"), None)
+        assert spill.take("APP|FAC|s") == (_result("s"), [dumps(r) for r in _result("s").resources])
         assert spill.take("APP|FAC|m") == (None, None)
         assert spill.take("APP|FAC|s")[0] == _result("s")  # taken, kept for a worker killed before its commit
     finally:
         spill.close()
 
 
-def test_the_free_take_asks_the_cache() -> None:
-    """``take(cache, key)`` (the mapping worker's call) is the cache's own ``take``, whatever its class."""
+def test_a_batch_is_handed_over_and_taken_in_one_call_each(tmp_path: Path) -> None:
+    """``put_many`` / ``take_many`` (``pivot ingest``'s batches, the mapping worker's): every result
+    found, the missing keys left out, more keys than one IN list holds; taken results stay readable."""
+    keys = [f"APP|FAC|b{i}" for i in range(1_203)]  # three IN lists
+    memory = MapCache()
+    memory.put_many([(key, _result(key)) for key in keys[:3]])
+    assert memory.take_many([*keys[:3], "APP|FAC|none"]) == {key: (_result(key), None) for key in keys[:3]}
+    assert memory.take_many(keys[:3]) == {}  # popped
+    spill = handoff.SpillMapCache(tmp_path, memory_items=2)
+    try:
+        spill.put_many([(key, _result(key)) for key in keys])
+        assert spill.spilled == len(keys) - 2
+        got = spill.take_many([*keys, "APP|FAC|none"])
+        assert list(got) == keys  # memory first, then the file: here in the order asked
+        assert got[keys[0]] == (_result(keys[0]), None)
+        assert got[keys[-1]] == (_result(keys[-1]), [dumps(r) for r in _result(keys[-1]).resources])
+        again = spill.take_many(keys)  # the file keeps what was taken (a worker killed before its commit)
+        assert set(again) == set(keys[2:])
+        assert spill.take_many([]) == {}
+    finally:
+        spill.close()
 
-    class Carried(MapCache):
-        def take(self, key: str) -> tuple[MapResult | None, list[str] | None]:
-            result = self.pop(key)
-            return result, None if result is None else ["{}"] * len(result.resources)
-
-    cache = Carried()
-    cache.put("k", _result("c3"))
-    assert handoff.take(cache, "k") == (_result("c3"), ["{}", "{}"])

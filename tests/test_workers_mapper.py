@@ -20,7 +20,7 @@ from gateway.delivery.bundle import BUNDLE_TOPIC, message_bundle
 from gateway.envelope import dumps, envelope_head, envelope_text, fhir_envelope
 from gateway.errors import PublishError
 from gateway.eventlog.base import OutRecord
-from gateway.eventlog.state.handoff import SharedMapCache, take
+from gateway.eventlog.state.handoff import SharedMapCache
 from gateway.intake import MapCache
 from gateway.samples import er_message
 from gateway.settings import load_settings
@@ -55,7 +55,7 @@ def test_the_handoff_carries_the_texts_the_worker_publishes(shared: Gateway,
     monkeypatch.setattr(gateway.workers, "now_iso", lambda: NOW)
     for rec in records:  # what the dict path publishes (a taken result stays readable: see handoff.py)
         sender, cid, received_at = rec.headers["sender"], rec.headers["msh10"], rec.headers["received_at"]
-        result, texts = take(shared.cache, f"{sender}|{cid}")
+        result, texts = shared.cache.take(f"{sender}|{cid}")
         assert result is not None
         assert texts == [dumps(res) for res in result.resources]
         site = result.resources[0]["meta"]["source"]
@@ -84,12 +84,12 @@ def test_a_result_handed_over_before_the_text_format_is_still_read(shared: Gatew
     assert shared.intake.receive(er_message(4), ORIGIN).code == "AA"
     (rec,) = shared.log.read_all(shared.settings.topic(HL7V2_IN))
     key = f"{rec.headers['sender']}|{rec.headers['msh10']}"
-    result, _texts = take(shared.cache, key)
+    result, _texts = shared.cache.take(key)
     assert result is not None
     old_body = json.dumps({f.name: getattr(result, f.name) for f in fields(result)}, ensure_ascii=False,
                           separators=(",", ":"))
     shared.cache.db.run("UPDATE handoff SET body = ?, taken = NULL WHERE key = ?", (old_body, key))
-    assert take(shared.cache, key) == (result, None)  # the worker serialises the resources itself
+    assert shared.cache.take(key) == (result, None)  # the worker serialises the resources itself
     _mapper(shared, shared.cache).handle([rec])
     assert len(shared.log.read_all(shared.settings.topic(BUNDLE_TOPIC))) == 1
 
@@ -158,3 +158,41 @@ def test_a_batch_retried_after_a_failed_append_is_not_resolved_again(tmp_path: P
         assert {b.headers["msh10"] for b in bundles} == {r.headers["msh10"] for r in records}
     finally:
         gw.close()
+
+
+def test_a_batch_takes_its_handed_over_results_in_one_call(shared: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker asks the handoff once per batch (one transaction, not one per message: issue #14),
+    for each message once, and resolves none of them again; a retried batch asks for none again."""
+    assert isinstance(shared.cache, SharedMapCache)
+    for i in range(5):
+        assert shared.intake.receive(er_message(i), ORIGIN).code == "AA"
+    records = shared.log.read_all(shared.settings.topic(HL7V2_IN))
+    calls: list[list[str]] = []
+    real = shared.cache.take_many
+
+    def take_many(keys: list[str]) -> Any:
+        calls.append(list(keys))
+        return real(keys)
+
+    monkeypatch.setattr(shared.cache, "take_many", take_many)
+    worker = _mapper(shared, shared.cache)
+    resolved: list[bytes] = []
+    monkeypatch.setattr(worker, "_resolve", lambda rec, _at: resolved.append(rec.value))
+    appends = 0
+    real_append = shared.log.append_many
+
+    def failing_once(records_: list[OutRecord], sync: bool = True) -> None:
+        nonlocal appends
+        appends += 1
+        if appends == 1:
+            raise PublishError("log down")
+        real_append(records_, sync=sync)
+
+    monkeypatch.setattr(shared.log, "append_many", failing_once)
+    with pytest.raises(PublishError):
+        worker.handle(records)
+    worker.handle(records)  # Worker._retry: the same batch again
+    assert calls == [[f"{r.headers['sender']}|{r.headers['msh10']}" for r in records], []]
+    assert resolved == []
+    patients = shared.log.read_all(shared.settings.topic(fhir_topic("Patient")))
+    assert len({r.key for r in patients}) == 5

@@ -20,10 +20,12 @@ the FHIR store: the SQLite file is 0600 under PIVOT_DATA_DIR.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
@@ -38,6 +40,9 @@ SCHEMA = "handoff"
 KEEP_S = 86_400
 TAKEN_KEEP_S = 300
 _PRUNE_EVERY = 1_000
+_PUT = ("INSERT INTO handoff(key, body, at, taken) VALUES (?,?,?,NULL) ON CONFLICT (key) "
+        "DO UPDATE SET body = excluded.body, at = excluded.at, taken = NULL")
+_IN_CHUNK = 500  # keys per "IN (...)" (SQLite allows 32,766 parameters, PostgreSQL 65,535)
 
 
 _FORMAT = "2"  # first line of a body in the format of :func:`encode`; older bodies are one JSON object
@@ -66,11 +71,6 @@ def decode(body: str) -> tuple[MapResult, Texts]:
     return MapResult(resources=resources, **meta), lines[2:]
 
 
-def take(cache: MapCache, key: str) -> tuple[MapResult | None, Texts]:
-    """``cache.take(key)`` (kept for gateway.workers): :meth:`MapCache.take`, overridden below."""
-    return cache.take(key)
-
-
 class SharedMapCache(MapCache):
     """``MapCache`` kept in the shared state (see module docstring)."""
 
@@ -83,15 +83,24 @@ class SharedMapCache(MapCache):
     def put(self, key: str, result: MapResult) -> None:
         """Hand a result over. The state unreachable: logged, not raised (the worker, missing it,
         maps and resolves the message itself; the intake's append then decides the ACK)."""
-        body = encode(result)
-        try:
-            self.db.run("INSERT INTO handoff(key, body, at, taken) VALUES (?,?,?,NULL) ON CONFLICT (key) "
-                        "DO UPDATE SET body = excluded.body, at = excluded.at, taken = NULL",
-                        (key, body, int(time.time())))
-        except StateUnavailable:
-            log.warning("handoff unavailable: result not handed over key_len=%d", len(key))
+        self.put_many([(key, result)])
+
+    def put_many(self, items: Sequence[tuple[str, MapResult]]) -> None:
+        """``put`` of each (key, result) in one transaction (``pivot ingest``'s batches)."""
+        if not items:
             return
-        self._maybe_prune()
+        at = int(time.time())
+        rows = [(key, encode(result), at) for key, result in items]
+        try:
+            if len(rows) == 1:
+                self.db.run(_PUT, rows[0])
+            else:
+                with self.db.transaction() as tx:
+                    tx.executemany(_PUT, rows)
+        except StateUnavailable:
+            log.warning("handoff unavailable: %d result(s) not handed over", len(rows))
+            return
+        self._maybe_prune(len(rows))
 
     def pop(self, key: str) -> MapResult | None:
         """The result of ``key``, marked taken (kept TAKEN_KEEP_S for a worker that dies before its
@@ -99,14 +108,28 @@ class SharedMapCache(MapCache):
         return self.take(key)[0]
 
     def take(self, key: str) -> tuple[MapResult | None, Texts]:
-        """:meth:`pop` with the resources' texts (:func:`take`)."""
+        """:meth:`pop` with the resources' texts (each resource's compact JSON as handed over)."""
+        return self.take_many([key]).get(key, (None, None))
+
+    def take_many(self, keys: Sequence[str]) -> dict[str, tuple[MapResult, Texts]]:
+        """:meth:`take` of each key in one transaction (a mapping worker's batch): the results found.
+        The state unreachable: none (the worker resolves those messages itself, as on a miss)."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        now, found = int(time.time()), dict[str, str]()
+        chunks = [wanted[start:start + _IN_CHUNK] for start in range(0, len(wanted), _IN_CHUNK)]
         try:
-            rows = self.db.run("UPDATE handoff SET taken = ? WHERE key = ? RETURNING body", (int(time.time()), key))
+            with self.db.transaction() if len(chunks) > 1 else contextlib.nullcontext():
+                for chunk in chunks:  # one statement: its own transaction (PostgreSQL: one round trip)
+                    marks = ",".join("?" * len(chunk))
+                    sql = f"UPDATE handoff SET taken = ? WHERE key IN ({marks}) RETURNING key, body"  # noqa: S608
+                    found.update((str(key), str(body)) for key, body in self.db.run(sql, [now, *chunk]))
         except StateUnavailable:
-            log.warning("handoff unavailable: result not read key_len=%d", len(key))
-            return None, None
-        self._maybe_prune()
-        return decode(rows[0][0]) if rows else (None, None)
+            log.warning("handoff unavailable: %d result(s) not read", len(wanted))
+            return {}
+        self._maybe_prune(len(wanted))
+        return {key: decode(body) for key, body in found.items()}
 
     def prune(self, now: int | None = None) -> int:
         """Remove taken results older than TAKEN_KEEP_S and untaken ones older than KEEP_S."""
@@ -115,10 +138,10 @@ class SharedMapCache(MapCache):
                            (now - TAKEN_KEEP_S, now - KEEP_S))
         return len(gone)
 
-    def _maybe_prune(self) -> None:
+    def _maybe_prune(self, writes: int = 1) -> None:
         with self._count_lock:
-            self._writes += 1
-            due = self._writes % _PRUNE_EVERY == 0
+            due = (self._writes + writes) // _PRUNE_EVERY > self._writes // _PRUNE_EVERY
+            self._writes += writes
         if due:
             try:
                 self.prune()
@@ -156,22 +179,41 @@ class SpillMapCache(MapCache):
             self._spill_cache()
 
     def put(self, key: str, result: MapResult) -> None:
+        self.put_many([(key, result)])
+
+    def put_many(self, items: Sequence[tuple[str, MapResult]]) -> None:
+        """``put`` of each: memory while there is room, the rest to the file in one transaction."""
+        spilled: list[tuple[str, MapResult]] = []
         with self._memory_lock:
-            if key in self._memory or len(self._memory) < self.memory_items:
-                self._memory[key] = result
-                return
-        self._spill_cache().put(key, result)
-        self.spilled += 1
+            for key, result in items:
+                if key in self._memory or len(self._memory) < self.memory_items:
+                    self._memory[key] = result
+                else:
+                    spilled.append((key, result))
+        if spilled:
+            self._spill_cache().put_many(spilled)
+            self.spilled += len(spilled)
 
     def pop(self, key: str) -> MapResult | None:
         return self.take(key)[0]
 
     def take(self, key: str) -> tuple[MapResult | None, Texts]:
-        """:meth:`pop` with the resources' texts when the result was spilled (:func:`take`)."""
+        """:meth:`pop` with the resources' texts when the result was spilled."""
+        return self.take_many([key]).get(key, (None, None))
+
+    def take_many(self, keys: Sequence[str]) -> dict[str, tuple[MapResult, Texts]]:
+        """From memory, then what is left from the file (one transaction)."""
+        out: dict[str, tuple[MapResult, Texts]] = {}
         with self._memory_lock:
-            result = self._memory.pop(key, None)
+            for key in keys:
+                result = self._memory.pop(key, None)
+                if result is not None:
+                    out[key] = (result, None)
         spill = self._spill
-        return (result, None) if result is not None or spill is None else spill.take(key)
+        rest = [key for key in keys if key not in out]
+        if spill is not None and rest:
+            out.update(spill.take_many(rest))
+        return out
 
     def _spill_cache(self) -> SharedMapCache:
         with self._spill_lock:
