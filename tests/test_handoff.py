@@ -89,3 +89,19 @@ def test_a_batch_is_handed_over_and_taken_in_one_call_each(tmp_path: Path) -> No
     finally:
         spill.close()
 
+
+
+def test_a_damaged_body_is_left_out_of_its_batch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One unreadable body does not cost the batch (nor stop the mapping worker): the others are taken,
+    that message is mapped by the worker itself; the log names no value."""
+    cache = handoff.SharedMapCache(handoff.open_state("", tmp_path, handoff.FILE_NAME, handoff.SCHEMA))
+    try:
+        cache.put_many([("APP|FAC|ok", _result("ok")), ("APP|FAC|bad", _result("bad"))])
+        cache.db.run("UPDATE handoff SET body = ? WHERE key = ?", ("2\n{not json", "APP|FAC|bad"))
+        with caplog.at_level("WARNING", logger="pivot.handoff"):
+            assert cache.take_many(["APP|FAC|ok", "APP|FAC|bad"]) == {"APP|FAC|ok": (_result("ok"), [
+                dumps(r) for r in _result("ok").resources])}
+        assert "handoff body unreadable" in caplog.text
+        assert "not json" not in caplog.text
+    finally:
+        cache.close()

@@ -10,6 +10,13 @@ listener runs in a process of its own (gateway.listener), or whenever ``PIVOT_ST
 the raw message is appended to ``hl7v2.in`` (so it is there when a worker reads the record), read
 by the worker.
 
+Batches go in one transaction each way: ``pivot ingest`` hands a batch's results over with
+``put_many`` before the batch's one append, and the mapping worker takes a polled batch's with
+``take_many`` (an ``IN`` list of up to 500 keys per statement), not one transaction per message
+(issue #14: during a ``pivot ingest``, py-spy found the mapping worker's thread in those
+per-message transactions in ~26 % of its wall-time samples, mostly waiting for the file's write
+lock, which the ingest's own per-message puts held).
+
 Taking a result does not delete it: ``pop`` marks it taken and returns it; taken results are
 removed :data:`TAKEN_KEEP_S` later. A worker killed after taking a result but before committing its
 batch leaves the record uncommitted; whoever reads it again (the same instance restarted, or the
@@ -129,7 +136,13 @@ class SharedMapCache(MapCache):
             log.warning("handoff unavailable: %d result(s) not read", len(wanted))
             return {}
         self._maybe_prune(len(wanted))
-        return {key: decode(body) for key, body in found.items()}
+        out: dict[str, tuple[MapResult, Texts]] = {}
+        for key, body in found.items():
+            try:
+                out[key] = decode(body)
+            except (ValueError, TypeError):  # a damaged body: the worker maps and resolves that message itself
+                log.warning("handoff body unreadable key_len=%d size=%d", len(key), len(body))
+        return out
 
     def prune(self, now: int | None = None) -> int:
         """Remove taken results older than TAKEN_KEEP_S and untaken ones older than KEEP_S."""
