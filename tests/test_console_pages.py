@@ -7,6 +7,7 @@ under var/test-artifacts/console/ (or $PIVOT_TEST_ARTIFACTS)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import pytest
@@ -169,8 +170,11 @@ def test_client_page_and_the_before_after_charts(page: Any, server: ServerThread
     cohort = world.http.get("/console/api/outcomes").json()["cohort"]
     headline = page.locator("#cohort-headline .big")
 
-    def fr(value: float) -> str:  # Intl.NumberFormat('fr-CA', {maximumFractionDigits: 1})
-        return f"{round(value, 1):g}".replace(".", ",")
+    def fr(value: float) -> str:
+        """Intl.NumberFormat('fr-CA', {maximumFractionDigits: 1}): the double's exact value rounded half
+        away from zero (ECMA-402 "halfExpand"; Python's round() is half-even: 22.25 gives 22.2, the page 22,3)."""
+        text = f"{Decimal(value).quantize(Decimal('0.1'), rounding=ROUND_HALF_UP):f}"
+        return text.removesuffix(".0").replace(".", ",")
 
     expect(headline.first).to_have_text(fr(cohort["erVisitsPerClientYearBefore"]))
     expect(headline.last).to_have_text(fr(cohort["erVisitsPerClientYearSince"]))
