@@ -74,8 +74,7 @@ class MappingWorker(Worker):
         if records is not self._batch:  # not Worker._retry giving the same batch again
             self._taken, self._batch = {}, records
         # the intake's results, taken in one transaction for the batch (a deferred record has none)
-        wanted = [key for rec in records
-                  if (key := _key(rec)) not in self._taken and rec.headers.get("deferred") != "1"]
+        wanted = [key for rec in records if (key := _key(rec)) not in self._taken and not _deferred(rec)]
         for key, (result, texts) in self.cache.take_many(wanted).items():
             self._taken[key] = (result, texts, [])
         out: list[OutRecord] = []
@@ -115,7 +114,7 @@ class MappingWorker(Worker):
         if texts is None or len(texts) != len(result.resources):
             texts = [dumps(res) for res in result.resources]
         out = self._records(result, texts, site, sender, control_id, received_at)
-        if rec.headers.get("deferred") == "1":  # the intake wrote no review entry for it
+        if _deferred(rec):  # the intake wrote no review entry for it
             out.extend(self._dead(rec, warning, sender, control_id, stage="warning") for warning in warnings)
         for hook in self.hooks:
             out.extend(hook.on_mapped(result, received_at))
@@ -169,6 +168,11 @@ class MappingWorker(Worker):
 def _key(rec: Record) -> str:
     """The handoff key of an ``hl7v2.in`` record: sender + MSH-10, as the intake handed it over."""
     return f"{rec.headers.get('sender', '')}|{rec.headers.get('msh10', '')}"
+
+
+def _deferred(rec: Record) -> bool:
+    """Stored unmapped (Intake._commit_only, header ``deferred``): nothing was handed over for it."""
+    return rec.headers.get("deferred") == "1"
 
 
 class StoreSink(Worker):
