@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck unit bench clean browser postgres
+.PHONY: install run test lint typecheck unit bench clean browser postgres space
 
 install: $(STAMP)
 
@@ -39,7 +39,13 @@ postgres:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql >/dev/null; }; }
 
-test: install lint browser postgres
+# the suite writes ~1.5 GB under the temp directory (gateways' data, PostgreSQL, brokers); on a full
+# disk its failures look like anything else, so say it first
+space:
+	@free=$$(df -Pk "$${TMPDIR:-/tmp}" | awk 'NR==2 {print $$4}'); \
+	  [ "$$free" -ge 4000000 ] || echo "WARNING: only $$((free / 1024)) MB free in $${TMPDIR:-/tmp}; the tests need ~1.5 GB there (old pivot-bench-*/pivot-pg-* directories can go)"
+
+test: space install lint browser postgres
 	$(BIN)/python -m pytest -q -ra
 
 # the bench extra (the Python peer v2fhir, python-hl7's MLLP client) on top of `make install`

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -151,6 +152,7 @@ def bench_e2e(n: int, paced_n: int) -> dict[str, float]:
     finally:
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
     return {"e2e_rate": rate(n, seconds), "e2e_p50": pct(lat, 0.5), "e2e_p99": pct(lat, 0.99),
             "paced_p50": pct(plat, 0.5), "paced_p99": pct(plat, 0.99),
             "paced2_p50": pct(plat2, 0.5), "paced2_p99": pct(plat2, 0.99),

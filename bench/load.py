@@ -13,6 +13,7 @@ Encounter per visit number, counted by the store) with no dead letter: zero loss
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import tempfile
 import threading
@@ -79,6 +80,7 @@ def run(rate: float, seconds: float, connections: int) -> dict[str, float]:
     finally:
         proc.terminate()
         proc.wait(60)
+        shutil.rmtree(data, ignore_errors=True)
     lat = [d for _, d, _ in rows]
     print(f"\nPivot load — {rate:.0f} msg/s offered for {seconds:.0f} s over {connections} MLLP connections")
     print(f"{'sent / AA':<44}{len(rows):>10,} / {acked:,}")

@@ -11,6 +11,7 @@ the store holds them all, peak resident memory of the gateway's processes, and F
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -71,6 +72,7 @@ def run_one(msgs: list[bytes]) -> dict[str, float]:
         watcher.join()
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
     return {"rate": rate(len(msgs), first_s + middle_s + last_s), "first": rate(fifth, first_s),
             "last": rate(fifth, last_s), "drain_s": drain, "peak_mb": max(samples) / 1024, "flags": float(flags),
             "aa_last": float(codes.count("AA"))}
@@ -96,6 +98,7 @@ def resolve_rates(msgs: list[bytes]) -> tuple[float, float, float]:
     finally:
         resolver.close()
     size = sum(f.stat().st_size for f in data.iterdir()) / 1e6
+    shutil.rmtree(data, ignore_errors=True)
     return fifth / (marks[1] - marks[0]), fifth / (marks[-1] - marks[-2]), size
 
 

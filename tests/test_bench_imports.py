@@ -36,3 +36,18 @@ def test_every_name_a_bench_module_imports_from_another_exists() -> None:
                             if alias.name not in _defined(trees[source])]
     assert trees.keys() >= {"defisante", "load", "serve", "__main__"}
     assert missing == []
+
+
+def test_every_bench_function_that_makes_a_scratch_directory_removes_it() -> None:
+    """A benchmark's data directory is removed when the run ends: the Défi Santé run alone left
+    1.4 GB in /tmp each time, and a machine that ran the bench a dozen times had no room left for the
+    test suite (the clean-clone CI run of stop 17 failed on a full disk)."""
+    leaking = []
+    for path in BENCH.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            calls = {ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
+            if "tempfile.mkdtemp" in calls and "shutil.rmtree" not in calls:
+                leaking.append(f"{path.name}:{node.name}")
+    assert not leaking, f"scratch directories left behind by {leaking}"
