@@ -28,7 +28,7 @@ from gateway.eventlog.state.dedupe import open_dedupe
 from gateway.eventlog.state.handoff import SpillMapCache, open_handoff
 from gateway.eventlog.state.ledger import open_ledger
 from gateway.eventlog.state.register import open_register
-from gateway.eventlog.worker import Worker
+from gateway.eventlog.worker import Turn, Worker
 from gateway.fhirstore import FhirStore
 from gateway.identity import IdentityResolver
 from gateway.intake import Intake, MapCache
@@ -37,7 +37,7 @@ from gateway.pipeline import Pipeline
 from gateway.security import Security, check_startup, install_security
 from gateway.settings import Settings
 from gateway.subscriptions import SubscriptionConfig, SubscriptionEngine, make_subscription_router
-from gateway.workers import MappingWorker, StoreSink
+from gateway.workers import BulkMappingWorker, MappingWorker, RuleHook, StoreSink
 from mappings import IdentifierSystems, Profiles
 
 log = logging.getLogger("pivot")
@@ -123,9 +123,11 @@ class Gateway:
         self.subscriptions.start()  # idempotent; before the store sink so no write is missed
         if self.workers or not self.settings.workers:
             return
+        turn = Turn()  # the live lane's batches before the bulk lane's (gateway/eventlog/worker.py)
+        hooks: list[RuleHook] = [self.rules, self.pharmacy]
         self.workers = [
-            MappingWorker(self.settings, self.log, self.metrics, self.pipeline, self.cache,
-                          hooks=[self.rules, self.pharmacy]),
+            MappingWorker(self.settings, self.log, self.metrics, self.pipeline, self.cache, hooks, turn),
+            BulkMappingWorker(self.settings, self.log, self.metrics, self.pipeline, self.cache, hooks, turn),
             StoreSink(self.settings, self.log, self.metrics, self.store, instance_id=self.instance_id),
         ]
         if self.fhir_client is not None:

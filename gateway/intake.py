@@ -14,6 +14,10 @@
                                 MSH-16 NE over MLLP/HTTP: no application ACK to wait for, so the CA
                                 goes once stored and the mapping worker maps it (_commit_only)
 
+Messages received in batches (``receive_many``: files, ``pivot ingest``, a history backfill) are
+appended to ``hl7v2.bulk`` instead: the same records, another lane, which the bulk mapping worker
+takes only between the live lane's batches (gateway/eventlog/worker.py ``Turn``).
+
 Parse, supported?, required structure, map + validate and identity are the steps of the pipeline
 spine (gateway/pipeline.py), called here with the intake's own checks between them. The mapping
 done here decides the ACK; the mapping worker consuming ``hl7v2.in`` produces what is published
@@ -42,6 +46,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Ahead, Pipeline, received
 from gateway.pipeline import msh_head as _msh_only
 from gateway.settings import Settings
+from gateway.topics import HL7V2_BULK, HL7V2_IN
 from mappings import IdentifierSystems, MapResult, Profiles
 from mappings.messages import SUPPORTED
 from mappings.pharmacy import PHARMACY_TRIGGERS
@@ -136,7 +141,8 @@ class Intake:
         self.pipeline = Pipeline(profiles, systems, self.identity, on_fallback=self._charset_fallback)
         self.authorize = authorize  # Security.authorize_sender: allow-list, authorities; None = everyone
         self.senders = SenderLabels()
-        self.topic_in = settings.topic("hl7v2.in")
+        self.topic_in = settings.topic(HL7V2_IN)
+        self.topic_bulk = settings.topic(HL7V2_BULK)  # receive_many's raw messages (a backfill)
         self.topic_dead = settings.topic("deadletter")
         self._batch = threading.local()  # receive_many's pending records on this thread (None: append at once)
 
@@ -322,8 +328,9 @@ class Intake:
                                   transport=origin.transport, received_at=received_at, size=len(raw),
                                   deferred=deferred)
         key = (patient or msg.sender).encode("utf-8")
-        self._append(OutRecord(topic=self.topic_in, value=raw, key=key, headers=headers))
         accepted: dict[tuple[str, str], None] | None = getattr(self._batch, "accepted", None)
+        topic = self.topic_in if accepted is None else self.topic_bulk  # a batch (files) is the bulk lane
+        self._append(OutRecord(topic=topic, value=raw, key=key, headers=headers))
         if accepted is None:
             self.dedupe.add(msg.sender, msg.control_id)
         else:  # receive_many adds it once the batch is durable

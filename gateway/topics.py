@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 HL7V2_IN = "hl7v2.in"
+# raw messages received in batches (files: `pivot ingest`, the file connector): a history backfill.
+# The mapping worker takes them only when hl7v2.in has nothing waiting (gateway/eventlog/worker.py),
+# so an ER arrival is never queued behind a year of history.
+HL7V2_BULK = "hl7v2.bulk"
 DEADLETTER = "deadletter"
 ALERTS = "defisante.alerts"
 

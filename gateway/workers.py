@@ -17,16 +17,16 @@ from gateway.delivery.bundle import BUNDLE_TOPIC, bundle_id, message_bundle_json
 from gateway.envelope import deadletter_headers, dumps, envelope_head, envelope_resource, envelope_text, now_iso
 from gateway.errors import GatewayError, MapWarning, PublishError, StoreError
 from gateway.eventlog.base import EventLog, OutRecord, Record
-from gateway.eventlog.worker import WORKER_NICE, Worker, yield_to_intake
+from gateway.eventlog.worker import BULK_BATCH, WORKER_NICE, Turn, Worker, yield_to_intake
 from gateway.fhirstore import FhirStore
 from gateway.intake import MapCache
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline, received
 from gateway.settings import Settings
-from gateway.topics import DEADLETTER, FHIR_TYPES, HL7V2_IN, fhir_topic
+from gateway.topics import DEADLETTER, FHIR_TYPES, HL7V2_BULK, HL7V2_IN, fhir_topic
 from mappings import MapResult
 
-__all__ = ["WORKER_NICE", "MappingWorker", "RuleHook", "StoreSink", "Worker", "yield_to_intake"]
+__all__ = ["WORKER_NICE", "BulkMappingWorker", "MappingWorker", "RuleHook", "StoreSink", "Worker", "yield_to_intake"]
 log = logging.getLogger("pivot.workers")
 
 
@@ -47,12 +47,13 @@ class MappingWorker(Worker):
     none unless given."""
 
     group = "mapper"
+    lane = HL7V2_IN
     append_records = 256
     """Records per append (~20 messages, ~500 KB): each write transaction short (see handle)."""
 
     def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, pipeline: Pipeline,
-                 cache: MapCache, hooks: Sequence[RuleHook]) -> None:
-        super().__init__(settings, log_, metrics, [settings.topic(HL7V2_IN)])
+                 cache: MapCache, hooks: Sequence[RuleHook], turn: Turn | None = None) -> None:
+        super().__init__(settings, log_, metrics, [settings.topic(self.lane)], turn)
         self.pipeline = pipeline
         self.cache = cache
         self.hooks: list[RuleHook] = list(hooks)
@@ -163,6 +164,18 @@ class MappingWorker(Worker):
                                      transport=rec.headers.get("transport", ""), source_ref=rec.ref)
         return OutRecord(topic=self.settings.topic(DEADLETTER), value=rec.value, key=sender.encode(),
                          headers=headers)
+
+
+class BulkMappingWorker(MappingWorker):
+    """The mapping worker of ``hl7v2.bulk``: what came in files (``pivot ingest``, the file connector:
+    a history backfill), in batches of :data:`BULK_BATCH`, each started only when the live mapping
+    worker, which shares its :class:`Turn` (and pipeline, handoff and hooks), has no batch waiting.
+    Its own consumer group, shared by every instance like the live one's."""
+
+    group = "mapper-bulk"
+    lane = HL7V2_BULK
+    batch_records = BULK_BATCH
+    bulk = True
 
 
 def _key(rec: Record) -> str:

@@ -32,6 +32,7 @@ from gateway.simulate import simulate
 from tests.conftest import free_port
 
 ORIGIN = Origin("test", "console")
+FILE_ORIGIN = Origin("file", "history.hl7")
 CANARY_FAMILY = "Zyxquanaryx"
 QUIET_SENDER = "URGENCE|CSSS-RDN-HSJ"  # its threshold is a second: silent by the time a page loads
 EXPECTED_SILENT = "URGENCE|CSSS-PDH-HMB"  # expected, never sends anything
@@ -86,6 +87,12 @@ class World:
         assert reply.code == expect, reply.error
         self.sent[(sender_of(raw), reply.code)] += 1
 
+    def send_file(self, raws: list[bytes]) -> None:
+        """A file of messages (``receive_many``: the bulk lane, hl7v2.bulk), each accepted."""
+        for raw, reply in zip(raws, self.gw.intake.receive_many([(raw, FILE_ORIGIN) for raw in raws]), strict=True):
+            assert reply.code == "AA", reply.error
+            self.sent[(sender_of(raw), reply.code)] += 1
+
     def drain(self) -> None:
         assert wait_drained(self.gw, timeout_s=60)
 
@@ -113,6 +120,7 @@ def console_world(data_dir: Path, headers: dict[str, str] | None = None, **setti
     world.send(er_message(9001, trigger="A99", control_id="Q9001"), expect="AR")  # unknown trigger: quarantine
     world.send(er_message(9002, trigger="A99", control_id="Q9002"), expect="AR")
     world.send(b"this is not HL7", expect="AR")
+    world.send_file([er_message(9100 + i, control_id=f"F{9100 + i}") for i in range(6)])  # a feed's file: counted too
     world.drain()
     return world
 

@@ -23,8 +23,11 @@ from gateway.app import Gateway, create_app
 from gateway.defisante import codes
 from gateway.defisante.arrival import ZONE, visit_message
 from gateway.drain import wait_drained
+from gateway.samples import er_message
 from gateway.settings import load_settings
 from gateway.simulate import Simulation, simulate
+from gateway.topics import HL7V2_BULK
+from gateway.workers import BulkMappingWorker
 from tests.test_defisante_support import Oracle, alert_events, enroll_body, feed_oracle, wait_until
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas/defisante/alert-event.schema.json").read_text())
@@ -321,3 +324,27 @@ def test_alerts_log_ids_never_health_data(world: World, caplog: pytest.LogCaptur
     assert "defisante alert kind=er-arrival" in caplog.text
     for secret in (_nam(patient), patient["name"][0]["family"], "Douleur"):
         assert secret not in caplog.text
+
+
+def test_an_er_arrival_is_not_queued_behind_a_history_backfill(world: World) -> None:
+    """A history file goes in through ``receive_many`` (``pivot ingest``, the file connector): the
+    bulk lane, ``hl7v2.bulk``. An ER arrival sent just after it is mapped, and its alert raised, while
+    most of that backlog still waits; before the lane, it waited for the whole backlog."""
+    patient = world.candidate()
+    pid = patient["id"]
+    world.enroll(pid, enroll_body("Practitioner/cm-7"))
+    assert wait_drained(world.gw, timeout_s=60)
+    when = datetime.now(ZONE) - timedelta(days=200)  # last year's visits: no alert of their own
+    backlog = [er_message(700_000 + i, control_id=f"HIST{i:06d}", when=when) for i in range(1_500)]
+    replies = world.gw.intake.receive_many([(raw, Origin("file", "history.hl7")) for raw in backlog])
+    assert {r.code for r in replies} == {"AA"}
+    world.send(_arrivals(world, patient, "HSA", visit=f"VBF{pid[:8]}"))
+    assert wait_until(lambda: world.events(pid))
+    bulk_mapper = next(w for w in world.gw.workers if isinstance(w, BulkMappingWorker))
+    waiting = bulk_mapper.lag()  # the backlog not yet mapped
+    assert waiting is not None
+    assert waiting > len(backlog) // 2
+    assert wait_drained(world.gw, timeout_s=180)
+    bulk = {rec.headers["msh10"] for rec in world.gw.log.read_all(world.gw.settings.topic(HL7V2_BULK))}
+    assert {f"HIST{i:06d}" for i in range(1_500)} <= bulk
+    assert [e["kind"] for e in world.events(pid)] == ["er-arrival"]  # the backfill raised nothing

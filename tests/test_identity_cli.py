@@ -59,13 +59,17 @@ def test_duplicates_lists_ids_and_sites_only(gateway: Gateway, capsys: pytest.Ca
 
 
 def test_rebuild_from_the_log(state_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """On both engines (PostgreSQL: PIVOT_STATE_URL): the index emptied, the log replayed."""
+    """On both engines (PostgreSQL: PIVOT_STATE_URL): the index emptied, the log replayed: both lanes,
+    hl7v2.in (a live message) and hl7v2.bulk (files: ``receive_many``), merged in the order they came in."""
     gateway = Gateway(load_settings(data_dir=tmp_path / "var", workers=False, state_url=state_url))
     try:
         assert gateway.identity.index.db.engine == ("postgresql" if state_url else "sqlite")
-        _send(gateway, adt("A04", site="HSA", mrn="HSA4", control_id="1", when="202601010800"),
-              adt("A04", site="HLA", mrn="HLA4", control_id="2", when="202601010900"),
-              adt("A08", site="HSA", mrn="HSA4", nam="TREJ40010112", control_id="3", when="202601011000"))
+        history = Origin("file", "history.hl7")
+        assert gateway.intake.receive_many([(adt("A04", site="HSA", mrn="HSA4", control_id="1",
+                                                 when="202601010800"), history)])[0].code == "AA"
+        _send(gateway, adt("A04", site="HLA", mrn="HLA4", control_id="2", when="202601010900"))
+        assert gateway.intake.receive_many([(adt("A08", site="HSA", mrn="HSA4", nam="TREJ40010112", control_id="3",
+                                                 when="202601011000"), history)])[0].code == "AA"
         before = gateway.identity.duplicates(include_resolved=True)
         gateway.identity.index.add_person("stray", "urn:pivot:id:HSA|none", None)  # not in the log
         assert cli.run(_parser().parse_args(["identity", "rebuild"]), gateway) == 0

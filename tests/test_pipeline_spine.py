@@ -117,8 +117,11 @@ def test_the_composition_root_gives_defisante_then_pharmacy(tmp_path: Path) -> N
     gw = Gateway(load_settings(data_dir=tmp_path / "var"))
     try:
         gw.start_workers()
-        (mapper,) = [w for w in gw.workers if isinstance(w, MappingWorker)]
-        assert mapper.hooks == [gw.rules, gw.pharmacy]
+        mappers = [w for w in gw.workers if isinstance(w, MappingWorker)]  # the live lane's and the bulk lane's
+        assert [type(m).__name__ for m in mappers] == ["MappingWorker", "BulkMappingWorker"]
+        for mapper in mappers:
+            assert mapper.hooks == [gw.rules, gw.pharmacy]
+        assert mappers[0].turn is mappers[1].turn is not None  # one batch at a time between them
     finally:
         gw.close()
 

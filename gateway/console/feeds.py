@@ -4,7 +4,7 @@ acknowledged, how fast, when the sender last spoke, and the messages quarantined
 Everything is computed from the event log's headers (``logtail``), not from counters, so the
 figures survive a restart and are the same on every instance:
 
-- an ``hl7v2.in`` record is a message accepted (AA) — AE when the mapping worker later
+- an ``hl7v2.in`` or ``hl7v2.bulk`` (files) record is a message accepted (AA) — AE when the mapping worker later
   dead-lettered it (an enhanced-mode message, its dead letter's ``source_ref`` names the record);
 - a ``deadletter`` record written by the intake (any stage but ``map`` from the worker,
   ``deliver`` and ``store``) is a refusal, AE or AR as its error code says (gateway.errors);
@@ -35,7 +35,7 @@ from gateway.defisante.codes import JSON
 from gateway.errors import GatewayError
 from gateway.eventlog.base import EventLog
 from gateway.settings import Settings
-from gateway.topics import DEADLETTER, HL7V2_IN
+from gateway.topics import DEADLETTER, HL7V2_BULK, HL7V2_IN
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -121,19 +121,21 @@ def feed_health(log: EventLog, settings: Settings, config: ConsoleConfig, now: i
     """The feed-health page's data (see the module docstring); ``seen_by`` keeps the senders' last
     message between calls (a fresh one reads the topics once)."""
     seen_by = seen_by or LastSeen()
-    topic_in, topic_dead = settings.topic(HL7V2_IN), settings.topic(DEADLETTER)
+    lanes = (settings.topic(HL7V2_IN), settings.topic(HL7V2_BULK))  # live, and files (a backfill)
+    topic_dead = settings.topic(DEADLETTER)
     since = now - DAY_MS
-    inbound = recent(log, topic_in, since)
+    inbound = [recent(log, topic, since) for topic in lanes]
     dead = recent(log, topic_dead, since)
     acks = _ack_codes()
     senders: dict[str, _Sender] = defaultdict(_Sender)
+    refs = tuple(f"{topic}:" for topic in lanes)  # a dead letter of the mapping worker names its record
     worker_ae = {t.headers.get("source_ref", "") for t in dead.records if t.headers.get("stage") == "map"
-                 and t.headers.get("source_ref", "").startswith(f"{topic_in}:")}
-    for rec in inbound.records:
+                 and t.headers.get("source_ref", "").startswith(refs)}
+    for topic, rec in ((topic, rec) for topic, window in zip(lanes, inbound, strict=True) for rec in window.records):
         sender = rec.headers.get("sender", "")
         at = _ms(rec.headers.get("received_at", ""), rec.ts_ms)
         state = senders[sender]
-        state.count(at, now, "AE" if f"{topic_in}:{rec.id}" in worker_ae else "AA")
+        state.count(at, now, "AE" if f"{topic}:{rec.id}" in worker_ae else "AA")
         state.last_ms = max(state.last_ms, at)
         if now - at <= DAY_MS:
             state.latency_ms.append(max(0, rec.ts_ms - at))
@@ -149,7 +151,7 @@ def feed_health(log: EventLog, settings: Settings, config: ConsoleConfig, now: i
             continue
         state = senders[sender]
         state.dead(at, now)
-        if h.get("stage") in NOT_INTAKE or h.get("source_ref", "").startswith(f"{topic_in}:"):
+        if h.get("stage") in NOT_INTAKE or h.get("source_ref", "").startswith(refs):
             continue
         code = "AR" if h.get("stage") == "receive" else acks.get(h.get("code", ""), "AE")
         state.count(at, now, code)
@@ -158,15 +160,16 @@ def feed_health(log: EventLog, settings: Settings, config: ConsoleConfig, now: i
                                     where_stage="unsupported").records, config)
     unknown = Counter(q["sender"] for q in quarantine["items"])
     seen = seen_by.get(log, topic_dead)
-    for sender, ts in seen_by.get(log, topic_in).items():
-        seen[sender] = max(ts, seen.get(sender, 0))
+    for topic in lanes:
+        for sender, ts in seen_by.get(log, topic).items():
+            seen[sender] = max(ts, seen.get(sender, 0))
     names = set(senders) | {s.sender for s in config.senders}
     rows = [_row(name, senders.get(name, _Sender()), seen, config, now, unknown[name])
             for name in names if name]
     rows.sort(key=lambda r: (not r["silent"], r["label"] or r["sender"]))
     return {"now": iso(now), "windowHours": 24, "senders": rows, "quarantine": quarantine,
             "deadletters": {"day": sum(stages.values()), "byStage": dict(sorted(stages.items()))},
-            "truncated": inbound.truncated or dead.truncated}
+            "truncated": any(window.truncated for window in inbound) or dead.truncated}
 
 
 def _row(name: str, state: _Sender, seen: dict[str, int], config: ConsoleConfig, now: int, unknown: int) -> JSON:

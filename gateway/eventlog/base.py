@@ -62,3 +62,15 @@ class EventLog(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def read_in_order(log_: EventLog, topics: list[str]) -> list[Record]:
+    """Every record of ``topics`` merged in the order they were appended (``identity rebuild`` replays
+    ``hl7v2.in`` and ``hl7v2.bulk`` as one stream): exact in the embedded log, whose offsets are one
+    sequence for all topics (``global_offsets``); by timestamp with Kafka, which has no order across
+    topics or partitions (ties: the topics as listed, then partition and offset)."""
+    records = [rec for topic in topics for rec in log_.read_all(topic)]
+    if getattr(log_, "global_offsets", False):
+        return sorted(records, key=lambda rec: rec.offset)
+    rank = {topic: n for n, topic in enumerate(topics)}
+    return sorted(records, key=lambda rec: (rec.timestamp_ms, rank[rec.topic], rec.partition, rec.offset))

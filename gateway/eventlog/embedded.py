@@ -131,6 +131,8 @@ def secure_file(path: Path) -> None:
 class EmbeddedLog:
     """EventLog on SQLite. Thread-safe; durable on return from ``append``/``append_many``."""
 
+    global_offsets = True  # a record's offset is its seq: one sequence for every topic (base.read_in_order)
+
     def __init__(self, path: Path, *, notify_fd: int | None = None) -> None:
         self.path = path
         self._notify_fd = notify_fd

@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from gateway.errors import PublishError
 from gateway.eventlog.base import Consumer, EventLog, Record
@@ -29,6 +30,11 @@ _BACKOFF_MAX_S = 5.0
 # most GATHER_S (ER arrival → alert readable stays far below its 1 s goal).
 GATHER_S = 0.05
 GATHER_BELOW = 100
+# A bulk worker's batch (gateway.workers.BulkMappingWorker): small enough that a live message arriving
+# meanwhile waits well under a second for it (~2–4 ms of wall time a message in the mapping worker,
+# the store sink sharing the interpreter), big enough that its per-batch costs (a handoff take, an
+# offset commit) stay small.
+BULK_BATCH = 100
 WORKER_NICE = 10
 
 
@@ -55,17 +61,54 @@ def yield_to_intake() -> None:
         log.debug("worker CPU affinity unchanged")
 
 
+class Turn:
+    """One ``handle`` at a time between the workers of a live lane and a bulk lane that share their
+    collaborators (the mapping workers of ``hl7v2.in`` and ``hl7v2.bulk``: one pipeline, handoff and
+    rule hooks), the live lane first: a bulk batch starts only when no live batch waits, so a live
+    message waits at most for the bulk batch in hand (:data:`BULK_BATCH`), never for the backlog.
+
+    Each worker keeps its own consumer, polled as usual (a Kafka consumer must poll with a real
+    timeout to join its group), and waits for its turn only once it holds records."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._live_waiting = 0
+
+    @contextmanager
+    def taken(self, *, live: bool) -> Iterator[None]:
+        with self._cond:
+            self._live_waiting += live
+            try:
+                while self._busy or (not live and self._live_waiting):
+                    self._cond.wait()
+            finally:
+                self._live_waiting -= live
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Worker(threading.Thread):
-    """Poll → handle → commit, until stopped."""
+    """Poll → handle → commit, until stopped. ``turn``: shared with the worker of the other lane
+    (:class:`Turn`); ``bulk`` says which lane this one is."""
 
     group = "worker"
+    batch_records = 500  # records per poll
+    bulk = False
 
-    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, topics: list[str]) -> None:
+    def __init__(self, settings: Settings, log_: EventLog, metrics: Metrics, topics: list[str],
+                 turn: Turn | None = None) -> None:
         super().__init__(name=f"pivot-{self.group}", daemon=True)
         self.settings = settings
         self.log = log_
         self.metrics = metrics
         self.topics = topics
+        self.turn = turn
         self._stop_event = threading.Event()
         self.idle = threading.Event()
         self.processed = 0
@@ -94,16 +137,20 @@ class Worker(threading.Thread):
 
     def _loop(self, consumer: Consumer) -> None:
         while not self._stop_event.is_set():
-            records = consumer.poll(timeout_s=0.2, max_records=500)
+            records = consumer.poll(timeout_s=0.2, max_records=self.batch_records)
             if not records:
                 self.idle.set()
                 continue
             self.idle.clear()
-            self._retry(self.handle, records)
+            if self.turn is None:
+                self._retry(self.handle, records)
+            else:
+                with self.turn.taken(live=not self.bulk):
+                    self._retry(self.handle, records)
             consumer.commit()
             self.processed += len(records)
-            if len(records) < GATHER_BELOW:  # a trickle: let a batch gather (one commit, not one per message)
-                self._stop_event.wait(GATHER_S)
+            if len(records) < GATHER_BELOW and not self.bulk:  # a live trickle: let a batch gather
+                self._stop_event.wait(GATHER_S)  # (one commit, not one per message)
 
     def _retry(self, action: Callable[[list[Record]], None], records: list[Record]) -> None:
         delay = 0.1

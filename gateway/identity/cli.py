@@ -15,8 +15,9 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import GatewayError
+from gateway.eventlog.base import read_in_order
 from gateway.pipeline import Pipeline, received
-from gateway.topics import HL7V2_IN
+from gateway.topics import HL7V2_BULK, HL7V2_IN
 from mappings import MapResult
 
 if TYPE_CHECKING:
@@ -69,10 +70,12 @@ def _sites(systems: tuple[str, ...], nam: bool) -> str:
 
 
 def _mapped_log(gateway: Gateway) -> Iterator[MapResult | GatewayError]:
-    """Every hl7v2.in record through the pipeline spine as the mapping worker takes it, in log order,
-    stopped before identity: the resolver's rebuild applies each result to the emptied index."""
+    """Every hl7v2.in and hl7v2.bulk record through the pipeline spine as the mapping worker takes it,
+    in the order they were appended (as the intakes resolved them), stopped before identity: the
+    resolver's rebuild applies each result to the emptied index."""
     pipeline = Pipeline(gateway.profiles, gateway.systems, identity=None)
-    for rec in gateway.log.read_all(gateway.settings.topic(HL7V2_IN)):
+    topics = [gateway.settings.topic(HL7V2_IN), gateway.settings.topic(HL7V2_BULK)]
+    for rec in read_in_order(gateway.log, topics):
         outcome = pipeline.run(rec.value, received(rec.headers.get("received_at", "")))
         if outcome.error is not None:
             yield outcome.error
