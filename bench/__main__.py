@@ -186,6 +186,8 @@ def main() -> int:
     ap.add_argument("--ds-background", type=int, default=20_000, help="Défi Santé: background messages")
     ap.add_argument("--ds-alerts", type=int, default=200, help="Défi Santé: alert-raising arrivals")
     ap.add_argument("--ds-rate", type=float, default=300.0, help="Défi Santé: background msg/s")
+    ap.add_argument("--ds-backfill", type=int, default=20_000,
+                    help="Défi Santé: arrivals while pivot ingest loads this many history messages (0 = skip)")
     ap.add_argument("--load-seconds", type=float, default=300.0,
                     help="sustained load: seconds at 300 msg/s over 20 connections (0 = skip)")
     ap.add_argument("--lookalikes", type=int, default=5_000,
@@ -250,6 +252,10 @@ def main() -> int:
         from bench.defisante import bench_defisante, report
 
         report(bench_defisante(args.ds_background, args.ds_alerts, args.ds_rate))
+    if args.ds_backfill:
+        from bench.defisante import bench_during_backfill, report_backfill
+
+        report_backfill(bench_during_backfill(args.ds_backfill))
     if args.load_seconds:
         from bench.load import run as run_load
 

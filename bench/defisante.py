@@ -180,6 +180,88 @@ def bench_defisante(background: int = 20_000, alerts: int = 200, rate: float = 3
             "background": float(background), "rate": rate, "achieved": achieved}
 
 
+def bench_during_backfill(history: int = 20_000, alerts: int = 60, every_s: float = 0.5) -> dict[str, float]:
+    """ER arrivals of enrolled clients while ``pivot ingest`` loads a history file of ``history``
+    registrations (last year's: they raise no alert): each arrival's A04 sent → Communication
+    readable (polled for up to 10 min), the history still waiting when the last arrival was sent,
+    and the backfill's own rate (start of the ingest → every history Encounter stored)."""
+    from bench.peer import count, run_ingest
+
+    data = Path(tempfile.mkdtemp(prefix="pivot-bench-dsb-"))
+    http, mllp = free_port(), free_port()
+    base = f"http://127.0.0.1:{http}"
+    history_file = data.parent / f"{data.name}.hl7"
+    when = datetime.now(ZONE) - timedelta(days=200)
+    history_file.write_bytes(b"\n".join(er_message(300_000 + i, control_id=f"HB{i:08d}", when=when)
+                                         for i in range(history)) + b"\n")
+    proc = start_serve(data, http, mllp)
+    latencies: list[float] = []
+    missing, waiting_at_last, backfill_s = 0, 0, float("nan")
+    try:
+        clients = _enroll(base, mllp)
+        before = count(base, "Encounter")
+        started = time.perf_counter()
+        ingest = run_ingest(data, [history_file], http, mllp)
+        time.sleep(2.0)  # the ingest's first batches are in the log
+        conn, session = _Mllp(mllp), httpx.Client(timeout=10)
+        pending: list[tuple[threading.Thread, list[float]]] = []
+        for k in range(alerts):
+            patient, site = clients[k % len(clients)], SITES[k % len(SITES)]
+            visit = f"VD{k:05d}"
+            enc = stable_id("Encounter", f"urn:pivot:visit:{site}|{visit}")
+            url = f"{base}/fhir/Communication/{codes.communication_id(enc, codes.ARRIVAL)}"
+            seen: list[float] = []
+            sent = time.perf_counter()
+
+            def poll(url: str = url, sent: float = sent, seen: list[float] = seen) -> None:
+                while (waited := time.perf_counter() - sent) < 600:
+                    if session.get(url).status_code == 200:
+                        seen.append(time.perf_counter() - sent)
+                        return
+                    time.sleep(0.01 if waited < 1 else 0.1)  # many may wait long: do not flood the API
+
+            th = threading.Thread(target=poll)
+            conn.send(visit_message(patient, site=site, visit=visit, control_id=f"DSD{k:06d}"))
+            th.start()
+            pending.append((th, seen))
+            time.sleep(every_s)
+        conn.close()
+        waiting_at_last = max(0, history - (count(base, "Encounter") - before - alerts))
+        for th, seen in pending:
+            th.join()
+            if seen:
+                latencies.append(seen[0])
+            else:
+                missing += 1
+        ingest.communicate()
+        deadline = time.monotonic() + 1800
+        while count(base, "Encounter") < before + history + alerts and time.monotonic() < deadline:
+            time.sleep(0.5)
+        backfill_s = time.perf_counter() - started
+        session.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data, ignore_errors=True)
+        history_file.unlink(missing_ok=True)
+    return {"comm_p50": pct(latencies, 0.5) if latencies else float("nan"),
+            "comm_p99": pct(latencies, 0.99) if latencies else float("nan"),
+            "comm_max": max(latencies) * 1000 if latencies else float("nan"),
+            "sent": float(alerts), "missing": float(missing), "history": float(history),
+            "waiting_at_last": float(waiting_at_last), "backfill_rate": history / backfill_s}
+
+
+def report_backfill(r: dict[str, float]) -> None:
+    print(f"Défi Santé alerts during a backfill: {r['sent']:.0f} arrivals of enrolled clients while "
+          f"`pivot ingest` loads {r['history']:,.0f} history messages")
+    print(f"{'  A04 sent -> Communication readable p50 / p99 / max (ms)':<58}{r['comm_p50']:>7.1f} / "
+          f"{r['comm_p99']:.1f} / {r['comm_max']:.1f}")
+    print(f"{'  history not yet stored when the last arrival was sent':<58}{r['waiting_at_last']:>9,.0f}")
+    print(f"{'  backfill, ingest start -> all stored (msg/s)':<58}{r['backfill_rate']:>9,.0f}"
+          f"{' (' + str(int(r['missing'])) + ' Communication(s) not seen in 10 min)' if r['missing'] else ''}")
+    print(f"  goal (issue #4): p99 < 1 s: {'met' if r['comm_p99'] < 1000 else 'NOT met'}")
+
+
 def report(r: dict[str, float]) -> None:
     print(f"Défi Santé alerts: {r['sent']:.0f} arrivals of enrolled clients amid {r['background']:,.0f} "
           f"background messages (paced at {r['rate']:.0f} msg/s, achieved {r['achieved']:.0f})")
@@ -196,7 +278,12 @@ def main() -> int:
     ap.add_argument("--background", type=int, default=20_000)
     ap.add_argument("--alerts", type=int, default=200)
     ap.add_argument("--rate", type=float, default=300.0, help="background messages per second")
+    ap.add_argument("--during-backfill", type=int, default=0, metavar="N",
+                    help="instead: arrivals while `pivot ingest` loads N history messages")
     args = ap.parse_args()
+    if args.during_backfill:
+        report_backfill(bench_during_backfill(args.during_backfill, min(args.alerts, 60)))
+        return 0
     report(bench_defisante(args.background, args.alerts, args.rate))
     return 0
 

@@ -11,7 +11,9 @@ Messages go to the intake in batches of :data:`BATCH` (in file order): a receive
 ``receive_many`` (:class:`BatchReceiver`) commits each batch's raw messages in one transaction —
 one fsync per batch instead of one per message — and answers only once that commit is durable,
 so a message is counted accepted only once it is stored; a receiver without it gets one
-``receive`` per message. The summary is printed once the last batch is durable.
+``receive`` per message. The summary is printed once the last batch is durable. The gateway's
+intake appends what it receives in batches to ``hl7v2.bulk``, the bulk lane: files are history, and
+the live ER traffic in ``hl7v2.in`` is mapped first (gateway/eventlog/worker.py ``Turn``).
 
 With a :class:`connectors.ahead.AheadPool` (``pivot ingest --jobs N``), the pure steps of each batch
 (decode → supported → structure → map + validate) run in worker processes, a few batches ahead,

@@ -1,3 +1,3 @@
 """Pivot gateway."""
 
-__version__ = "0.8.2"  # the same as pyproject.toml's (tests/test_version.py)
+__version__ = "0.9.0"  # the same as pyproject.toml's (tests/test_version.py)

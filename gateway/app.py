@@ -239,6 +239,11 @@ def create_app(gateway: Gateway, console_options: dict[str, Any] | None = None) 
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> str:
+        for worker in gateway.workers:  # a backfill's progress: the bulk mapper's lag (embedded log)
+            lag = worker.lag()
+            if lag is not None:
+                gateway.metrics.gauge_set("pivot_worker_lag_records", lag, "records a worker has not handled yet",
+                                          worker=worker.group)
         if not gateway.listener_process:
             return gateway.metrics.render()
         from gateway.listener import read_metrics

@@ -62,6 +62,14 @@ class Metrics:
         with self._lock:
             self._gauges[name][key] = time.time()
 
+    def gauge_set(self, name: str, value: float, help_text: str = "", **labels: str) -> None:
+        """Set a gauge to ``value`` (e.g. records a worker has not handled yet)."""
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            self._gauges[name][key] = float(value)
+            if help_text:
+                self._help.setdefault(name, help_text)
+
     def value(self, name: str, **labels: str) -> float:
         key = tuple(sorted(labels.items()))
         with self._lock:
@@ -105,6 +113,8 @@ class Metrics:
                 lines.append(f"# TYPE {name} counter")
                 lines.extend(f"{name}{_fmt(k)} {v:g}" for k, v in sorted(series.items()))
             for name, gseries in sorted(self._gauges.items()):
+                if name in self._help:
+                    lines.append(f"# HELP {name} {self._help[name]}")
                 lines.append(f"# TYPE {name} gauge")
                 lines.extend(f"{name}{_fmt(k)} {v:.3f}" for k, v in sorted(gseries.items()))
             for name, hseries in sorted(self._hist.items()):

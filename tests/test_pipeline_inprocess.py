@@ -42,6 +42,8 @@ def test_envelopes_and_headers_follow_the_schemas(gateway: Gateway) -> None:
     for i in range(5):
         assert gateway.intake.receive(er_message(i), origin).code == "AA"
     assert gateway.intake.receive(b"garbage", origin).code == "AR"
+    file_batch = [(er_message(i), Origin("file", "history.hl7")) for i in range(5, 8)]  # the bulk lane
+    assert [r.code for r in gateway.intake.receive_many(file_batch)] == ["AA"] * 3
     assert wait_drained(gateway, timeout_s=60)
     validator = jsonschema.Draft202012Validator
     fhir_schema = _schema("fhir-envelope.schema.json")
@@ -57,7 +59,9 @@ def test_envelopes_and_headers_follow_the_schemas(gateway: Gateway) -> None:
             count += 1
     assert count >= 15
     _bundles_match_their_resources(gateway, validator(fhir_schema))
-    for rec in gateway.log.read_all("pivot.hl7v2.in"):
+    inbound = gateway.log.read_all("pivot.hl7v2.in") + gateway.log.read_all("pivot.hl7v2.bulk")
+    assert len(inbound) == 8
+    for rec in inbound:
         validator(_schema("hl7v2-in-headers.schema.json")).validate(rec.headers)
     dead = gateway.log.read_all("pivot.deadletter")
     assert len(dead) == 1
@@ -73,7 +77,7 @@ def _bundles_match_their_resources(gateway: Gateway, validator: jsonschema.Draft
             body = json.loads(rec.value)
             by_message.setdefault(body["msh10"], []).append(body["resource"])
     bundles = gateway.log.read_all("pivot.fhir.Bundle")
-    assert len(bundles) == 5
+    assert len(bundles) == 8  # 5 messages live, 3 from a file
     for rec in bundles:
         body = json.loads(rec.value)
         validator.validate(body)

@@ -10,13 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from connectors.base import Origin
+from gateway.app import Gateway, create_app
 from gateway.drain import wait_drained
 from gateway.eventlog.base import EventLog, OutRecord, Record
 from gateway.eventlog.embedded import EmbeddedLog
 from gateway.eventlog.worker import BULK_BATCH, Turn, Worker
 from gateway.metrics import Metrics
+from gateway.samples import er_message
 from gateway.settings import load_settings
+from gateway.workers import BulkMappingWorker
 
 LIVE, BULK = "t.live", "t.bulk"
 
@@ -152,3 +157,25 @@ def test_wait_drained_waits_for_the_bulk_lane(log: EmbeddedLog, tmp_path: Path) 
     shared, live, bulk = _pair(log, tmp_path, pause_s=0.01)
     _drain(live, bulk)
     assert shared.bulk_done == 500
+
+
+def test_metrics_show_how_much_of_a_backfill_waits(tmp_path: Path) -> None:
+    """``pivot_worker_lag_records{worker="mapper-bulk"}``: what an operator watches during a backfill."""
+    gw = Gateway(load_settings(data_dir=tmp_path / "var"))
+    try:
+        gw.start_workers()
+        bulk = next(w for w in gw.workers if isinstance(w, BulkMappingWorker))
+        assert bulk.turn is not None
+        http = TestClient(create_app(gw))
+        with bulk.turn.taken(live=True):  # a live batch in hand: the bulk lane waits for its turn
+            replies = gw.intake.receive_many([(er_message(800 + i, control_id=f"LAG{i:03d}"), Origin("file", "h.hl7"))
+                                              for i in range(40)])
+            assert {r.code for r in replies} == {"AA"}
+            assert bulk.lag() == 40
+            assert 'pivot_worker_lag_records{worker="mapper-bulk"} 40.000' in http.get("/metrics").text
+        assert wait_drained(gw, timeout_s=60)
+        text = http.get("/metrics").text
+        assert 'pivot_worker_lag_records{worker="mapper-bulk"} 0.000' in text
+        assert 'pivot_worker_lag_records{worker="mapper"} 0.000' in text
+    finally:
+        gw.close()
