@@ -164,7 +164,9 @@ def _ingest(settings: Settings, args: argparse.Namespace) -> int:
     from connectors.files import ingest_files
     from gateway.app import Gateway
     from gateway.eventlog import walcheckpoint
+    from gateway.eventlog.worker import give_way_to_live
 
+    give_way_to_live()  # history after live traffic: this process and its pool below the gateway's workers
     pool = (AheadPool(args.jobs, settings.sender_profiles, settings.identifier_systems, settings.default_timezone)
             if args.jobs > 1 else None)
     with walcheckpoint.bulk(), pool if pool is not None else nullcontext():

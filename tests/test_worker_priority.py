@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from gateway import workers
+from gateway.eventlog import worker as workers_base
+from gateway.samples import er_message
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _in_thread(fn: object) -> tuple[int, set[int]]:
@@ -47,3 +54,22 @@ def test_with_one_cpu_the_workers_keep_it(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: calls.append(set(cpus)))
     workers.yield_to_intake()
     assert calls == []
+
+
+def test_a_backfill_gives_way_to_the_gateway_it_feeds() -> None:
+    before, _ = _in_thread(None)
+    nice, _ = _in_thread(workers_base.give_way_to_live)
+    assert nice == max(before, workers_base.BULK_NICE)
+    assert workers_base.BULK_NICE > workers.WORKER_NICE  # history below the live lane's workers
+
+
+def test_pivot_ingest_runs_below_the_gateway_and_its_pool_with_it(tmp_path: Path) -> None:
+    """The ingest command lowers itself before its pool starts: the pool's processes inherit it."""
+    feed = tmp_path / "history.hl7"
+    feed.write_bytes(er_message(1) + b"\n" + er_message(2) + b"\n")
+    probe = ("import os, sys\nfrom gateway.cli import main\nrc = main(['ingest', '--no-progress', '--jobs', '2', "
+             "sys.argv[1]])\nprint('nice', os.getpriority(os.PRIO_PROCESS, 0), 'rc', rc)")
+    env = {**os.environ, "PIVOT_DATA_DIR": str(tmp_path / "var"), "PIVOT_LOG_LEVEL": "WARNING"}
+    out = subprocess.run([sys.executable, "-c", probe, str(feed)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert f"nice {max(os.getpriority(os.PRIO_PROCESS, 0), workers_base.BULK_NICE)} rc 0" in out
