@@ -98,6 +98,29 @@ def _background(port: int, first: int, count: int, rate: float, sent: list[int])
     conn.close()
 
 
+def _alert_url(base: str, site: str, visit: str) -> str:
+    """Where the ER-arrival alert Communication of ``visit`` at ``site`` will be readable."""
+    enc = stable_id("Encounter", f"urn:pivot:visit:{site}|{visit}")
+    return f"{base}/fhir/Communication/{codes.communication_id(enc, codes.ARRIVAL)}"
+
+
+def _watch(session: httpx.Client, url: str, *, limit_s: float, every_s: float,
+           later_s: float | None = None) -> tuple[threading.Thread, list[float]]:
+    """A thread (not started) polling ``url`` every ``every_s`` (``later_s`` after the first second)
+    until it answers 200, for at most ``limit_s``; the list gets the seconds from now to then."""
+    seen: list[float] = []
+    sent = time.perf_counter()
+
+    def poll() -> None:
+        while (waited := time.perf_counter() - sent) < limit_s:
+            if session.get(url).status_code == 200:
+                seen.append(time.perf_counter() - sent)
+                return
+            time.sleep(every_s if later_s is None or waited < 1 else later_s)
+
+    return threading.Thread(target=poll), seen
+
+
 def _alert_ms(log_path: Path, control_id: str) -> int | None:
     conn = sqlite3.connect(f"file:{log_path}?mode=ro", uri=True, timeout=5)
     try:
@@ -137,20 +160,9 @@ def bench_defisante(background: int = 20_000, alerts: int = 200, rate: float = 3
                 time.sleep(0.01)
             patient, site = clients[k % len(clients)], SITES[k % len(SITES)]
             visit, cid = f"VB{k:05d}", f"DSB{k:06d}"
-            enc = stable_id("Encounter", f"urn:pivot:visit:{site}|{visit}")
-            url = f"{base}/fhir/Communication/{codes.communication_id(enc, codes.ARRIVAL)}"
-            seen: list[float] = []
+            url = _alert_url(base, site, visit)
             sent_wall = time.time()
-            sent = time.perf_counter()
-
-            def poll(url: str = url, sent: float = sent, seen: list[float] = seen) -> None:
-                while time.perf_counter() - sent < 10:
-                    if session.get(url).status_code == 200:
-                        seen.append(time.perf_counter() - sent)
-                        return
-                    time.sleep(0.005)
-
-            th = threading.Thread(target=poll)
+            th, seen = _watch(session, url, limit_s=10, every_s=0.005)
             conn.send(visit_message(patient, site=site, visit=visit, control_id=cid))
             th.start()
             pending.append((sent_wall, cid, url, th, seen))
@@ -208,19 +220,8 @@ def bench_during_backfill(history: int = 20_000, alerts: int = 60, every_s: floa
         for k in range(alerts):
             patient, site = clients[k % len(clients)], SITES[k % len(SITES)]
             visit = f"VD{k:05d}"
-            enc = stable_id("Encounter", f"urn:pivot:visit:{site}|{visit}")
-            url = f"{base}/fhir/Communication/{codes.communication_id(enc, codes.ARRIVAL)}"
-            seen: list[float] = []
-            sent = time.perf_counter()
-
-            def poll(url: str = url, sent: float = sent, seen: list[float] = seen) -> None:
-                while (waited := time.perf_counter() - sent) < 600:
-                    if session.get(url).status_code == 200:
-                        seen.append(time.perf_counter() - sent)
-                        return
-                    time.sleep(0.01 if waited < 1 else 0.1)  # many may wait long: do not flood the API
-
-            th = threading.Thread(target=poll)
+            # many may wait long: polled every 0.1 s after the first second, not to flood the API
+            th, seen = _watch(session, _alert_url(base, site, visit), limit_s=600, every_s=0.01, later_s=0.1)
             conn.send(visit_message(patient, site=site, visit=visit, control_id=f"DSD{k:06d}"))
             th.start()
             pending.append((th, seen))

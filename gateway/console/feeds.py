@@ -131,14 +131,15 @@ def feed_health(log: EventLog, settings: Settings, config: ConsoleConfig, now: i
     refs = tuple(f"{topic}:" for topic in lanes)  # a dead letter of the mapping worker names its record
     worker_ae = {t.headers.get("source_ref", "") for t in dead.records if t.headers.get("stage") == "map"
                  and t.headers.get("source_ref", "").startswith(refs)}
-    for topic, rec in ((topic, rec) for topic, window in zip(lanes, inbound, strict=True) for rec in window.records):
-        sender = rec.headers.get("sender", "")
-        at = _ms(rec.headers.get("received_at", ""), rec.ts_ms)
-        state = senders[sender]
-        state.count(at, now, "AE" if f"{topic}:{rec.id}" in worker_ae else "AA")
-        state.last_ms = max(state.last_ms, at)
-        if now - at <= DAY_MS:
-            state.latency_ms.append(max(0, rec.ts_ms - at))
+    for topic, window in zip(lanes, inbound, strict=True):
+        for rec in window.records:
+            sender = rec.headers.get("sender", "")
+            at = _ms(rec.headers.get("received_at", ""), rec.ts_ms)
+            state = senders[sender]
+            state.count(at, now, "AE" if f"{topic}:{rec.id}" in worker_ae else "AA")
+            state.last_ms = max(state.last_ms, at)
+            if now - at <= DAY_MS:
+                state.latency_ms.append(max(0, rec.ts_ms - at))
     stages: Counter[str] = Counter()
     for rec in dead.records:
         h = rec.headers
